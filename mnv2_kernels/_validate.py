@@ -1,0 +1,99 @@
+"""Argument validation for ``mnv2::inverted_residual``, shared by the fake, Triton and reference paths.
+
+Mirrors ``csrc/common/checks.h`` (the C++ bindings) word for word; docs/CONTRACT.md is the contract.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+_PREFIX = "mnv2.inverted_residual: "
+
+
+@dataclass(frozen=True)
+class BlockDims:
+    N: int
+    Cin: int
+    H: int
+    W: int
+    Chid: int
+    Cout: int
+    Ho: int
+    Wo: int
+    stride: int
+    has_expand: bool
+    residual: bool
+
+
+def _fail(msg: str, exc=ValueError):
+    raise exc(_PREFIX + msg)
+
+
+def _check_same_place(name: str, w: torch.Tensor, x: torch.Tensor) -> None:
+    if w.device != x.device:
+        _fail(f"{name} is on {w.device} but x is on {x.device}; move the module with .to(x.device)")
+    if w.dtype != x.dtype:
+        _fail(f"{name} is {w.dtype} but x is {x.dtype}; call .to({x.dtype}) on the module", TypeError)
+
+
+def _check_shape(name: str, w: torch.Tensor, expected) -> None:
+    if tuple(w.shape) != tuple(expected):
+        _fail(f"{name} must have shape {list(expected)}, got {list(w.shape)}")
+
+
+def check_inverted_residual_args(x: torch.Tensor, w_expand: Optional[torch.Tensor],
+                                 b_expand: Optional[torch.Tensor], w_dw: torch.Tensor, b_dw: torch.Tensor,
+                                 w_project: torch.Tensor, b_project: torch.Tensor, stride: int,
+                                 residual: bool) -> BlockDims:
+    """Validates every argument (shapes, devices, dtypes, stride, residual) before anything is allocated.
+
+    Returns the block's dimensions. Raises ValueError (shape, device, stride) or TypeError (dtype) with a
+    message that says what was expected, what was got and what to do.
+    """
+    if x.dim() != 4:
+        _fail(f"x must be a 4-D (N, C, H, W) tensor, got {x.dim()}-D")
+    N, Cin, H, W = x.shape
+    if stride not in (1, 2):
+        _fail(f"stride must be 1 or 2, got {stride}")
+    if H < 1 or W < 1:
+        _fail(f"x must have H, W >= 1, got {list(x.shape)}")
+    if w_dw.dim() != 3 or tuple(w_dw.shape[1:]) != (3, 3):
+        _fail(f"w_dw must have shape [Chid, 3, 3], got {list(w_dw.shape)}")
+    Chid = w_dw.shape[0]
+    if w_project.dim() != 2:
+        _fail(f"w_project must have shape [Cout, Chid], got {list(w_project.shape)}")
+    Cout = w_project.shape[0]
+    has_expand = w_expand is not None
+    if has_expand:
+        if w_expand.dim() != 2:
+            _fail(f"w_expand must have shape [Chid, Cin], got {list(w_expand.shape)}")
+        if w_expand.shape[1] != Cin:
+            _fail(f"block expects {w_expand.shape[1]} input channels, got {Cin}")
+        _check_shape("w_expand", w_expand, (Chid, Cin))
+        if b_expand is None:
+            _fail("b_expand is required when w_expand is given")
+        _check_shape("b_expand", b_expand, (Chid,))
+        _check_same_place("w_expand", w_expand, x)
+        _check_same_place("b_expand", b_expand, x)
+    else:
+        if b_expand is not None:
+            _fail("b_expand given without w_expand")
+        if Chid != Cin:
+            _fail(f"block expects {Chid} input channels, got {Cin}")
+    _check_shape("b_dw", b_dw, (Chid,))
+    _check_shape("w_project", w_project, (Cout, Chid))
+    _check_shape("b_project", b_project, (Cout,))
+    for name, w in (("w_dw", w_dw), ("b_dw", b_dw), ("w_project", w_project), ("b_project", b_project)):
+        _check_same_place(name, w, x)
+    if residual and not (stride == 1 and Cin == Cout):
+        _fail(f"residual needs stride 1 and equal input and output channels, got stride {stride}, "
+              f"{Cin} -> {Cout} channels")
+    return BlockDims(N=N, Cin=Cin, H=H, W=W, Chid=Chid, Cout=Cout, Ho=(H - 1) // stride + 1,
+                     Wo=(W - 1) // stride + 1, stride=stride, has_expand=has_expand, residual=residual)
+
+
+def wants_channels_last(x: torch.Tensor) -> bool:
+    """Output memory format rule (as nn.Conv2d): channels_last iff x is channels_last and not NCHW-contiguous."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -1,0 +1,160 @@
+"""``fuse(model)``: swaps every recognisable inverted-residual block for a ``FusedInvertedResidual``."""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from . import ops
+from .modules import FoldedConvBNAct, FusedInvertedResidual
+from .recognize import NotFusable, recognize_block, recognize_conv_bn
+
+log = logging.getLogger("mnv2_kernels")
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """One line of the fusion report: a block found in the model, fused or skipped, and why."""
+    path: str
+    fused: bool
+    detail: str           # the block's shape when fused, the reason when skipped
+    kind: str = "block"   # "block" (inverted residual) or "conv_bn" (a conv -> BN [-> act] folded outside blocks)
+
+    def __str__(self) -> str:
+        what = "fused" if self.fused else "skipped"
+        if self.kind == "conv_bn":
+            what = "folded"
+        return f"{self.path or '<root>'}: {what} ({self.detail})"
+
+
+class FuseReport(List[BlockReport]):
+    """The per-block report of one ``fuse`` call (a list of BlockReport)."""
+
+    @property
+    def fused(self) -> List[BlockReport]:
+        """Inverted-residual blocks replaced by FusedInvertedResidual."""
+        return [r for r in self if r.fused and r.kind == "block"]
+
+    @property
+    def skipped(self) -> List[BlockReport]:
+        """Blocks left as they were, with the reason."""
+        return [r for r in self if not r.fused and r.kind == "block"]
+
+    @property
+    def folded(self) -> List[BlockReport]:
+        """conv -> BN [-> act] modules outside the blocks replaced by FoldedConvBNAct."""
+        return [r for r in self if r.kind == "conv_bn"]
+
+    def __str__(self) -> str:
+        return "\n".join(str(r) for r in self)
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+def _depthwise_counts(model: nn.Module) -> Dict[str, int]:
+    counts = {}
+    for path, m in model.named_modules():
+        counts[path] = 0
+    for path, m in model.named_modules():
+        if _is_depthwise(m):
+            parts = path.split(".") if path else []
+            for i in range(len(parts) + 1):
+                counts[".".join(parts[:i])] += 1
+    return counts
+
+
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    model.get_submodule(parent_path)._modules[name] = new
+
+
+def _first_param_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _fold_conv_bn_modules(model: nn.Module, taken: List[str], report: "FuseReport") -> List[tuple]:
+    """conv -> BN [-> ReLU|ReLU6] modules (stem, head) outside the paths in ``taken``."""
+    found: List[tuple] = []
+    for path, m in model.named_modules():
+        if not m._modules or any(path == t or path.startswith(t + ".") for t in taken):
+            continue
+        leaves = [c for c in m.modules() if not c._modules or isinstance(c, nn.BatchNorm2d)]
+        if not (2 <= len(leaves) <= 4 and sum(isinstance(c, nn.Conv2d) for c in leaves) == 1):
+            continue
+        try:
+            plan = recognize_conv_bn(m)
+        except NotFusable:
+            continue
+        found.append((path, plan))
+        taken.append(path)
+        report.append(BlockReport(path, True, plan.describe(), kind="conv_bn"))
+    return found
+
+
+def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold_conv_bn: bool = True,
+         return_report: bool = False):
+    """Returns ``model`` with every inverted-residual block it recognises replaced by a FusedInvertedResidual.
+
+    Blocks are recognised by what their forward computes (mnv2_kernels.recognize), so torchvision's and
+    timm's MobileNetV2 / EfficientNet-Lite and hand-written models work alike. Blocks that cannot be fused
+    exactly (squeeze-excite, other activations, asymmetric padding, other kernel sizes) stay as they are.
+    With ``fold_conv_bn`` (default), conv -> BN [-> ReLU|ReLU6] modules outside the blocks (the stem and
+    head of MobileNetV2) become FoldedConvBNAct: one convolution on folded weights, same keys.
+    The state dict keeps its keys and values. ``backend``: "auto", "cpu", "cuda", "triton" or "reference";
+    one that cannot serve the model's device raises RuntimeError naming what is missing.
+    ``inplace=False`` works on a deep copy. With ``return_report=True`` returns (model, FuseReport); the
+    report is also logged on the "mnv2_kernels" logger.
+    """
+    if backend not in ops.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
+    ops.resolve_backend(backend, _first_param_device(model))  # fail early if it cannot serve the model
+    if not inplace:
+        model = copy.deepcopy(model)
+    counts = _depthwise_counts(model)
+    modules = dict(model.named_modules())
+    report = FuseReport()
+    replacements = []
+    for path, m in modules.items():
+        if counts[path] != 1 or not m._modules or isinstance(m, FusedInvertedResidual):
+            continue
+        parent = path.rpartition(".")[0] if path else None
+        if parent is not None and counts[parent] == 1:
+            continue  # not the outermost module holding this depthwise conv: handled with its ancestor
+        chain = [p for p in modules if (p == path or p.startswith(path + ".") if path else True)
+                 and counts[p] == 1 and modules[p]._modules]
+        plans: List[tuple] = []
+        outer_reason: Optional[str] = None
+        for p in chain:  # pre-order: outermost first
+            try:
+                plans.append((p, recognize_block(modules[p])))
+            except NotFusable as exc:
+                if p == path:
+                    outer_reason = str(exc)
+        if not plans:
+            report.append(BlockReport(path, False, outer_reason or "no inverted-residual pattern"))
+            continue
+        with_residual = [pp for pp in plans if pp[1].residual]
+        chosen_path, plan = (with_residual or plans)[-1]  # innermost, preferring one that owns the shortcut
+        replacements.append((chosen_path, plan))
+        report.append(BlockReport(chosen_path, True, plan.describe()))
+    folds = _fold_conv_bn_modules(model, [p for p, _ in replacements], report) if fold_conv_bn else []
+    for path, plan in replacements:
+        fused = FusedInvertedResidual(modules[path], plan, backend)
+        if path:
+            _set_submodule(model, path, fused)
+        else:
+            model = fused
+    for path, plan in folds:
+        if path:
+            _set_submodule(model, path, FoldedConvBNAct(modules[path], plan))
+    for r in report:
+        log.info("mnv2_kernels.fuse: %s", r)
+    return (model, report) if return_report else model

@@ -1,0 +1,58 @@
+"""Helpers for tests and benchmarks: realistic random blocks and BatchNorm statistics."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Gives every BatchNorm2d real-like statistics (freshly initialised BNs are identities, hiding bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+def random_block_args(cin: int, chid: int, cout: int, *, stride: int = 1, residual: bool = False,
+                      expand: bool = True, n: int = 2, h: int = 9, w: int = 9,
+                      dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,
+                      expand_bias_shift: float = 0.0) -> Tuple:
+    """Random arguments for ``mnv2::inverted_residual`` (docs/CONTRACT.md order), scaled like folded weights.
+
+    Weights ~ N(0, 1/fan_in) so activations stay O(1) and ReLU6 clips at both 0 and 6 somewhere.
+    ``expand_bias_shift`` adds a constant to b_expand (a large value exposes wrong halo padding).
+    Returns (x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual).
+    """
+    if not expand and chid != cin:
+        raise ValueError(f"without an expand conv the hidden width equals the input width ({cin}), got {chid}")
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale)
+
+    x = rnd(n, cin, h, w) * 2.0
+    w_e = rnd(chid, cin, scale=2.0 / cin ** 0.5) if expand else None
+    b_e = rnd(chid) + 1.0 + expand_bias_shift if expand else None
+    w_d = rnd(chid, 3, 3, scale=0.6)
+    b_d = rnd(chid) + 0.5
+    w_p = rnd(cout, chid, scale=1.0 / chid ** 0.5)
+    b_p = rnd(cout)
+
+    def cast(t: Optional[torch.Tensor]):
+        return None if t is None else t.to(device=device, dtype=dtype)
+
+    return (cast(x), cast(w_e), cast(b_e), cast(w_d), cast(b_d), cast(w_p), cast(b_p), stride, residual)
+
+
+def to_float64(args: Tuple) -> Tuple:
+    """The same op arguments in float64 on the CPU (for a high-precision reference)."""
+    return tuple(a.detach().to("cpu", torch.float64) if isinstance(a, torch.Tensor) else a for a in args)

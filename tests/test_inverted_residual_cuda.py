@@ -1,0 +1,274 @@
+"""The fused CUDA kernel (csrc/cuda, extension mnv2_kernels._C_cuda): registration, odd block configs, layouts,
+alignment, int64 indexing and error messages. The 17-shape MobileNetV2 matrix over all backends lives in
+tests/test_inverted_residual_triton.py; this file keeps to CUDA-kernel concerns.
+
+Accuracy rule: max |kernel - float64 reference| <= 2 x max |eager PyTorch in the same dtype - float64 reference|
++ a small atol (a few output ulps); NaN or inf never passes.
+
+Also runnable as a script for compute-sanitizer (a few small launches, fp16 + bf16):
+    compute-sanitizer --tool memcheck  python tests/test_inverted_residual_cuda.py
+    compute-sanitizer --tool racecheck python tests/test_inverted_residual_cuda.py --tiny
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+if __name__ == "__main__":  # script mode (compute-sanitizer): make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mnv2_kernels  # noqa: E402  (defines the ops, loads the kernels)
+from mnv2_kernels import _ext, ops  # noqa: E402
+from mnv2_kernels.reference import inverted_residual_reference  # noqa: E402
+from mnv2_kernels.testing import random_block_args, to_float64  # noqa: E402
+
+_HAS_CUDA = torch.cuda.is_available()
+_CUDA_EXT_SPEC = importlib.util.find_spec("mnv2_kernels._C_cuda")
+
+needs_cuda_kernel = pytest.mark.skipif(
+    not _HAS_CUDA or _ext.CUDA_EXT is None,
+    reason=("needs a CUDA GPU" if not _HAS_CUDA else
+            f"the CUDA extension mnv2_kernels._C_cuda is not built ({_ext.CUDA_EXT_ERROR})"))
+
+DTYPES = [torch.float16, torch.bfloat16]
+# A few output ulps: one rounding of the output plus slack for float32 accumulation order.
+ULP = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) registration, CPU-runnable
+
+def test_cuda_kernel_registered_when_built():
+    if _CUDA_EXT_SPEC is None:
+        pytest.skip("the CUDA extension mnv2_kernels._C_cuda is not built here (no CUDA torch or nvcc at build "
+                    "time, or MNV2_BUILD_CUDA=0)")
+    assert _ext.CUDA_EXT is not None, f"mnv2_kernels._C_cuda exists but does not load: {_ext.CUDA_EXT_ERROR}"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual", "CUDA")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+def _run(args):
+    return ops.inverted_residual(*args, backend="cuda")
+
+
+def _check_accuracy(got, args, what=""):
+    x = args[0]
+    dt = x.dtype
+    ref = inverted_residual_reference(*to_float64(args))
+    eager = inverted_residual_reference(*args).to("cpu", torch.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert got.dtype == dt and got.device == x.device
+    g = got.to("cpu", torch.float64)
+    assert torch.isfinite(g).all(), f"{what}: non-finite outputs at {torch.nonzero(~torch.isfinite(g))[:5].tolist()}"
+    err = (g - ref).abs().max().item()
+    err_eager = (eager - ref).abs().max().item()
+    atol = 4 * ULP[dt] * max(1.0, ref.abs().max().item())
+    bound = 2 * err_eager + atol
+    assert err <= bound, f"{what}: max error {err:.3g} > 2 x eager {err_eager:.3g} + atol {atol:.3g}"
+    return err, err_eager
+
+
+# (N, Cin, Chid, Cout, H, W, stride, residual, expand)
+ODD_CONFIGS = [
+    (1, 20, 120, 36, 7, 7, 1, False, True),      # odd channel counts, Chid not a multiple of the 32-chunk
+    (3, 20, 120, 20, 15, 17, 1, True, True),     # residual, scalar loads (Cin % 8 != 0), batch 3
+    (3, 20, 120, 36, 17, 15, 2, False, True),    # stride 2, odd sizes
+    (1, 7, 21, 5, 5, 9, 2, False, True),         # everything odd and tiny
+    (2, 24, 24, 16, 15, 15, 1, False, False),    # t = 1 without expand, vector loads
+    (1, 20, 20, 20, 7, 17, 1, True, False),      # t = 1 without expand, residual, scalar loads
+    (1, 24, 24, 40, 17, 17, 2, False, False),    # t = 1 without expand, stride 2
+    (1, 32, 32, 16, 16, 16, 1, False, True),     # t = 1 with expand (the seed's form)
+    (2, 24, 144, 24, 17, 17, 1, True, True),     # t = 6, residual, several tiles per image
+    (1, 16, 96, 24, 15, 15, 2, False, True),     # t = 6, stride 2
+    (1, 96, 576, 160, 15, 15, 2, False, True),   # the largest shared-memory shape (stride 2, Cin 96)
+    (1, 160, 960, 320, 7, 7, 1, False, True),    # 320 output channels: 10 fragments per warp
+    (1, 32, 64, 360, 9, 9, 1, False, True),      # Cout > 320: two output-channel tiles, ragged last tile
+    (2, 8, 48, 8, 1, 1, 1, True, True),          # 1x1 image
+    (1, 8, 48, 12, 1, 2, 2, False, True),        # 1x2 image, stride 2
+    (1, 16, 96, 16, 8, 8, 1, True, True),        # exactly one tile
+    (1, 16, 96, 16, 9, 9, 1, True, True),        # one tile + a one-pixel fringe
+]
+
+
+def _cfg_id(c):
+    n, cin, chid, cout, h, w, s, res, exp = c
+    return f"n{n}-{cin}-{chid}-{cout}-{h}x{w}-s{s}{'-res' if res else ''}{'' if exp else '-noexp'}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (b) GPU tests
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", ODD_CONFIGS, ids=_cfg_id)
+def test_odd_configs_match_reference(cfg, dtype):
+    n, cin, chid, cout, h, w, s, res, exp = cfg
+    args = random_block_args(cin, chid, cout, stride=s, residual=res, expand=exp, n=n, h=h, w=w, dtype=dtype,
+                             device="cuda", seed=cin * 7 + cout)
+    got = _run(args)
+    _check_accuracy(got, args, _cfg_id(cfg))
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_halo_padding_lives_in_expanded_space(stride, dtype):
+    # a large expand bias makes relu6(bias) = 6 at the padded halo: wrong padding shows at every image border
+    args = random_block_args(16, 96, 16, stride=stride, n=2, h=11, w=13, dtype=dtype, device="cuda", seed=3,
+                             expand_bias_shift=8.0)
+    _check_accuracy(_run(args), args, "bias shift")
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig", "misaligned"])
+def test_memory_formats(layout, dtype):
+    args = list(random_block_args(24, 144, 24, stride=1, residual=True, n=2, h=15, w=9, dtype=dtype,
+                                  device="cuda", seed=11))
+    x = args[0]
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontig":  # every other channel of a wider tensor: neither NCHW- nor NHWC-contiguous
+        wide = torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:], dtype=dtype, device="cuda")
+        wide[:, ::2] = x
+        x = wide[:, ::2]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "misaligned":  # channels_last with a storage offset of one element: no 16-byte vector loads
+        buf = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+        xm = buf[1:].view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2)
+        xm.copy_(x)
+        assert xm.is_contiguous(memory_format=torch.channels_last) and xm.data_ptr() % 16 != 0
+        x = xm
+    args[0] = x
+    got = _run(args)
+    _check_accuracy(got, args, layout)
+    if layout == "channels_last":
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    else:
+        assert got.is_contiguous()
+    # every layout feeds the kernel the same NHWC values: bitwise equal to the NCHW result
+    ref_args = list(args)
+    ref_args[0] = args[0].contiguous()
+    assert torch.equal(got, _run(ref_args))
+
+
+@needs_cuda_kernel
+def test_misaligned_weights_use_scalar_loads():
+    args = list(random_block_args(32, 192, 32, stride=1, residual=True, n=1, h=9, w=9, dtype=torch.float16,
+                                  device="cuda", seed=5))
+    for i in (1, 5):  # w_expand and w_project, offset by one element
+        w = args[i]
+        buf = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")
+        wm = buf[1:].view_as(w)
+        wm.copy_(w)
+        assert wm.is_contiguous() and wm.data_ptr() % 16 != 0
+        args[i] = wm
+    _check_accuracy(_run(args), args, "misaligned weights")
+
+
+@needs_cuda_kernel
+def test_nan_propagates():
+    # no residual: the NaN must travel through expand, both ReLU6 clamps, the depthwise and the project
+    args = list(random_block_args(16, 96, 16, stride=1, residual=False, n=1, h=8, w=8, dtype=torch.float16,
+                                  device="cuda", seed=9))
+    x = args[0].clone()
+    x[0, 3, 4, 4] = float("nan")
+    args[0] = x
+    y = _run(args)
+    assert torch.isnan(y[0, :, 3:6, 3:6]).any(), "a NaN input must not be hidden by the ReLU6 clamps"
+
+
+@needs_cuda_kernel
+def test_empty_batch_and_non_default_stream():
+    args = list(random_block_args(16, 96, 24, stride=2, n=0, h=9, w=9, dtype=torch.float16, device="cuda"))
+    y = _run(args)
+    assert y.shape == (0, 24, 5, 5)
+    args = random_block_args(16, 96, 24, stride=2, n=2, h=9, w=9, dtype=torch.float16, device="cuda", seed=2)
+    expected = _run(args)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = _run(args)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(got, expected)
+
+
+@needs_cuda_kernel
+def test_large_batch_int64_indexing():
+    # N*H*W*C passes 2^31 elements: the last images must still be right (int64 offsets)
+    free, _ = torch.cuda.mem_get_info()
+    cin, h, w = 32, 112, 112
+    n = (2 ** 31) // (cin * h * w) + 2
+    if free < 3 * n * cin * h * w * 2 + (2 << 30):
+        pytest.skip(f"needs ~{3 * n * cin * h * w * 2 / 2**30:.0f} GiB of free GPU memory")
+    small = random_block_args(cin, cin, 16, stride=1, expand=False, n=2, h=h, w=w, dtype=torch.float16,
+                              device="cuda", seed=1)
+    x = torch.zeros(n, cin, h, w, dtype=torch.float16, device="cuda", memory_format=torch.channels_last)
+    x[-2:] = small[0]
+    assert x.numel() > 2 ** 31
+    y = _run((x,) + tuple(small[1:]))
+    tail = y[-2:]
+    del x, y
+    _check_accuracy(tail, small, "large batch")
+
+
+@needs_cuda_kernel
+def test_bf16_and_fp16_results_are_deterministic():
+    for dt in DTYPES:
+        args = random_block_args(24, 144, 32, stride=2, n=3, h=17, w=15, dtype=dt, device="cuda", seed=8)
+        assert torch.equal(_run(args), _run(args))
+
+
+@needs_cuda_kernel
+def test_errors():
+    args = list(random_block_args(24, 144, 24, stride=1, residual=True, n=1, h=9, w=9, dtype=torch.float16,
+                                  device="cuda"))
+    for i, name in [(1, "w_expand"), (3, "w_dw"), (5, "w_project"), (6, "b_project")]:
+        bad = list(args)
+        bad[i] = args[i].cpu()
+        with pytest.raises(RuntimeError, match=rf"{name} is on cpu but x is on cuda:\d"):
+            _run(bad)
+        with pytest.raises(RuntimeError, match=rf"{name} is on cpu but x is on cuda:\d"):
+            torch.ops.mnv2.inverted_residual(*bad)
+    # x on the CPU, weights on the GPU: the CUDA kernel is dispatched and says what is wrong
+    with pytest.raises(RuntimeError, match=r"is on cuda:\d but x is on cpu"):
+        torch.ops.mnv2.inverted_residual(args[0].cpu(), *args[1:])
+    with pytest.raises(RuntimeError, match=r"supports float16 and bfloat16, got torch.float32"):
+        _run(random_block_args(24, 144, 24, n=1, dtype=torch.float32, device="cuda"))
+    bad = list(args)
+    bad[5] = args[5].to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"w_project is .*but x is"):
+        _run(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# script mode: a few launches for compute-sanitizer (memcheck / racecheck / synccheck / initcheck)
+
+def _sanitize_main(tiny):
+    configs = ODD_CONFIGS[:2] + [ODD_CONFIGS[3], ODD_CONFIGS[5], ODD_CONFIGS[6], ODD_CONFIGS[12], ODD_CONFIGS[14]]
+    if not tiny:
+        configs += [ODD_CONFIGS[10], ODD_CONFIGS[11]]
+    worst = 0.0
+    for dt in DTYPES:
+        for cfg in configs:
+            n, cin, chid, cout, h, w, s, res, exp = cfg
+            if tiny:
+                n, h, w = 1, min(h, 9), min(w, 9)
+            args = random_block_args(cin, chid, cout, stride=s, residual=res, expand=exp, n=n, h=h, w=w,
+                                     dtype=dt, device="cuda", seed=1)
+            got = _run(args)
+            torch.cuda.synchronize()
+            err, eager = _check_accuracy(got, args, _cfg_id(cfg))
+            worst = max(worst, err / max(eager, 1e-12))
+            print(f"{str(dt):15s} {_cfg_id(cfg):40s} err {err:.3g} eager {eager:.3g}")
+    print(f"OK, worst err/eager ratio {worst:.2f}")
+
+
+if __name__ == "__main__":
+    if not _HAS_CUDA or _ext.CUDA_EXT is None:
+        sys.exit(f"needs a CUDA GPU and the built extension ({_ext.CUDA_EXT_ERROR})")
+    _sanitize_main("--tiny" in sys.argv)

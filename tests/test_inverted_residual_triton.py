@@ -1,0 +1,356 @@
+"""The fused Triton kernel (mnv2_kernels/triton) against a float64 reference of docs/CONTRACT.md.
+
+Without a GPU the tests run the kernel in Triton's interpreter on CPU tensors (small shapes; the whole
+CPU part takes about a minute on 2 cores). With a GPU, the `*_gpu` tests compile it and check every
+MobileNetV2 block shape at batch 1, 8 and 64 in float16, bfloat16 and float32: the kernel's error against
+float64 must stay within twice PyTorch eager's error on the same inputs (plus a small floor).
+
+Error measure everywhere: max |y - ref| / max |ref| (NaN or inf fails).
+"""
+import importlib
+import multiprocessing
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+
+import pytest  # noqa: E402
+
+import mnv2_kernels  # noqa: E402,F401  (defines torch.ops.mnv2.*)
+from mnv2_kernels.reference import inverted_residual_reference  # noqa: E402
+from mnv2_kernels.testing import random_block_args, to_float64  # noqa: E402
+from mnv2_kernels.triton import inverted_residual_triton  # noqa: E402
+
+# The launcher's module (the package attribute of the same name is the function).
+launcher = importlib.import_module("mnv2_kernels.triton.inverted_residual_triton")
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+interpreter_only = pytest.mark.skipif(torch.cuda.is_available(),
+                                      reason="interpreter tests run on machines without a GPU")
+
+# fp32 uses input_precision="ieee" dots: exact up to summation order.
+INTERP_TOL = {torch.float32: 1e-5, torch.float16: 4e-3}
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref| in float64; inf when got has NaN/inf."""
+    got = got.double()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """x (NCHW-contiguous) re-laid as "nchw", "channels_last" or "strided" (non-contiguous in both formats)."""
+    if kind == "nchw":
+        return x
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    wide = x.new_zeros(*x.shape[:3], 2 * x.shape[3])
+    wide[..., ::2] = x
+    return wide[..., ::2]
+
+
+def check_format(y: torch.Tensor, x: torch.Tensor) -> None:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interpreter (CPU) tests.
+# (cin, chid, cout, stride, residual, expand, n, h, w)
+CASES = [
+    (16, 96, 16, 1, True, True, 2, 9, 9),      # t = 6, residual
+    (8, 48, 20, 2, False, True, 1, 9, 7),      # t = 6, stride 2, odd width
+    (16, 16, 16, 1, True, False, 3, 7, 7),     # t = 1 without expand conv, batch 3
+    (20, 20, 36, 2, False, True, 1, 15, 15),   # t = 1 with expand conv, stride 2
+    (20, 80, 36, 1, False, True, 1, 15, 9),    # t = 4
+    (8, 16, 16, 1, False, True, 2, 7, 9),      # t = 2
+    (3, 18, 5, 2, False, True, 1, 9, 9),       # odd channel counts
+    (7, 7, 7, 1, True, False, 2, 7, 15),       # odd channels, no expand, residual
+    (13, 39, 13, 1, True, True, 1, 1, 1),      # 1x1 image: only the centre tap is inside
+    (12, 72, 24, 2, False, True, 1, 1, 15),    # one row, stride 2
+    (24, 144, 24, 1, True, True, 1, 16, 16),   # exact tile multiples
+]
+
+
+def case_id(c):
+    cin, chid, cout, s, res, exp, n, h, w = c
+    return f"{cin}-{chid}-{cout}_s{s}{'_res' if res else ''}{'' if exp else '_noexp'}_n{n}_{h}x{w}"
+
+
+def run_case(case, dtype=torch.float32, kind="nchw", device="cpu", seed=0, **kwargs):
+    cin, chid, cout, s, res, exp, n, h, w = case
+    args = random_block_args(cin, chid, cout, stride=s, residual=res, expand=exp, n=n, h=h, w=w,
+                             dtype=dtype, device=device, seed=seed)
+    x = layout(args[0], kind)
+    y = inverted_residual_triton(x, *args[1:], **kwargs)
+    ref = inverted_residual_reference(*to_float64(args))
+    assert y.shape == ref.shape and y.dtype == dtype and y.device == x.device
+    check_format(y, x)
+    return rel_err(y.cpu(), ref)
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference_fp32(case):
+    assert run_case(case) < INTERP_TOL[torch.float32]
+
+
+@interpreter_only
+@pytest.mark.parametrize("kind", ["channels_last", "strided"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1]], ids=case_id)
+def test_input_layouts(case, kind):
+    assert run_case(case, kind=kind) < INTERP_TOL[torch.float32]
+
+
+# bfloat16 is left to the GPU tests: Triton 3.8's interpreter computes tl.dot on bfloat16 operands wrongly
+# (a 16x16 bf16 dot returns ~1e10).
+@interpreter_only
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[6]], ids=case_id)
+def test_float16(case):
+    assert run_case(case, dtype=torch.float16, kind="channels_last") < INTERP_TOL[torch.float16]
+
+
+@interpreter_only
+@pytest.mark.parametrize("depthwise", ["gather", "recompute"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2]], ids=case_id)
+def test_depthwise_modes(case, depthwise):
+    assert run_case(case, depthwise=depthwise) < INTERP_TOL[torch.float32]
+
+
+@interpreter_only
+def test_tf32_option_runs():
+    assert run_case(CASES[0], fp32_precision="tf32") < 1e-2
+
+
+@interpreter_only
+@pytest.mark.parametrize("tile_h,tile_w,chunk,block_k,block_co", [
+    (2, 8, 16, 16, 16),     # several output-channel blocks, input-channel steps, chunks, tiles
+    (8, 2, 16, 16, 32),
+    (4, 4, 32, 32, 64),
+])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_forced_tilings(monkeypatch, tile_h, tile_w, chunk, block_k, block_co, stride):
+    """Tilings the heuristic rarely picks for small shapes: several program axes and loop trip counts."""
+    halo_w = (tile_w - 1) * stride + 3
+    halo_p = launcher._next_pow2(((tile_h - 1) * stride + 3) * halo_w)
+    cfg = launcher._Config(tile_h, tile_w, halo_w, halo_p, chunk, block_k, block_co, 4)
+    monkeypatch.setattr(launcher, "_pick_config", lambda *a: cfg)
+    case = (40, 120, 40, stride, stride == 1, True, 2, 9, 11)
+    assert run_case(case) < INTERP_TOL[torch.float32]
+
+
+@interpreter_only
+def test_halo_is_zero_padded_after_activation():
+    """A large positive b_expand makes relu6(b_expand) = 6 at out-of-image halo pixels; they must read 0."""
+    args = random_block_args(16, 48, 16, stride=1, residual=False, n=1, h=8, w=8, expand_bias_shift=20.0)
+    y = inverted_residual_triton(*args)
+    ref = inverted_residual_reference(*to_float64(args))
+    assert rel_err(y, ref) < INTERP_TOL[torch.float32]
+    # The check has teeth: padding with relu6(b_expand) instead of 0 changes the border outputs.
+    x, we, be, wd, bd, wp, bp = to_float64(args)[:7]
+    h = torch.nn.functional.conv2d(x, we[:, :, None, None], be).clamp(0, 6)
+    h = torch.nn.functional.pad(h, (1, 1, 1, 1), value=0.0) + torch.nn.functional.pad(
+        torch.zeros_like(h), (1, 1, 1, 1), value=1.0) * be.clamp(0, 6)[None, :, None, None]
+    h = torch.nn.functional.conv2d(h, wd[:, None], bd, groups=wd.shape[0]).clamp(0, 6)
+    wrong = torch.nn.functional.conv2d(h, wp[:, :, None, None], bp)
+    assert rel_err(wrong, ref) > 1e-2
+
+
+@interpreter_only
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_empty_batch(kind):
+    args = random_block_args(8, 48, 16, stride=2, n=1, h=9, w=9)
+    x = layout(torch.empty(0, 8, 9, 9), kind)
+    y = inverted_residual_triton(x, *args[1:])
+    assert y.shape == (0, 16, 5, 5)
+    check_format(y, x)
+
+
+@interpreter_only
+def test_errors():
+    args = random_block_args(8, 48, 8, residual=True)
+    with pytest.raises(TypeError, match="supports float16, bfloat16 and float32"):
+        inverted_residual_triton(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    with pytest.raises(ValueError, match="block expects 8 input channels, got 5"):
+        inverted_residual_triton(torch.randn(1, 5, 9, 9), *args[1:])
+    with pytest.raises(ValueError, match="depthwise must be one of"):
+        inverted_residual_triton(*args, depthwise="shared")
+    with pytest.raises(ValueError, match="fp32_precision must be one of"):
+        inverted_residual_triton(*args, fp32_precision="bf16")
+
+
+@interpreter_only
+def test_cpu_without_interpreter_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(launcher, "_interpreter_active", lambda: False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        inverted_residual_triton(*random_block_args(8, 48, 8))
+
+
+@interpreter_only
+def test_registered_op_runs_the_launcher():
+    args = random_block_args(8, 48, 8, residual=True, n=1)
+    y = torch.ops.mnv2.inverted_residual_triton(*args)
+    assert rel_err(y, inverted_residual_reference(*to_float64(args))) < INTERP_TOL[torch.float32]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU tests: the kernel's error must stay within 2x eager PyTorch's error on the same inputs, plus a floor.
+GPU_ATOL = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3}
+GPU_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+PRECOMPILE_TIMEOUT_S = 45
+
+# MobileNetV2 block shapes at 224x224 input (shared/NOTES.md section 2; blocks 5-6, 8-10, 12-13, 15-16
+# repeat a shape): (blocks, cin, t, cout, stride, h); the first block also without its expand conv.
+MBV2_BLOCKS = [("1", 32, 1, 16, 1, 112), ("2", 16, 6, 24, 2, 112), ("3", 24, 6, 24, 1, 56),
+               ("4", 24, 6, 32, 2, 56), ("5-6", 32, 6, 32, 1, 28), ("7", 32, 6, 64, 2, 28),
+               ("8-10", 64, 6, 64, 1, 14), ("11", 64, 6, 96, 1, 14), ("12-13", 96, 6, 96, 1, 14),
+               ("14", 96, 6, 160, 2, 14), ("15-16", 160, 6, 160, 1, 7), ("17", 160, 6, 320, 1, 7)]
+GPU_SHAPES = [(f"b{b}", cin, cin * t, cout, s, s == 1 and cin == cout, True, h)
+              for b, cin, t, cout, s, h in MBV2_BLOCKS] + [("b1_noexp", 32, 32, 16, 1, False, False, 112)]
+
+
+def _has_cuda_kernel() -> bool:
+    return (hasattr(torch.ops.mnv2, "inverted_residual")
+            and torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual", "CUDA"))
+
+
+BACKENDS = ["triton"] + (["cuda"] if torch.cuda.is_available() and _has_cuda_kernel() else [])
+
+
+def backend_fn(backend: str):
+    if backend == "cuda":
+        return torch.ops.mnv2.inverted_residual
+    if hasattr(torch.ops.mnv2, "inverted_residual_triton"):
+        return torch.ops.mnv2.inverted_residual_triton
+    return inverted_residual_triton
+
+
+def gpu_args(cin, chid, cout, stride, residual, expand, n, h, w, dtype, seed=0):
+    """Block arguments on the GPU: weights from random_block_args, x ~ 2 N(0, 1) drawn on the GPU."""
+    args = random_block_args(cin, chid, cout, stride=stride, residual=residual, expand=expand, n=1, h=1, w=1,
+                             dtype=dtype, device="cuda", seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(n, cin, h, w, device="cuda", generator=g) * 2.0).to(dtype)
+    return (x.contiguous(memory_format=torch.channels_last),) + args[1:]
+
+
+def _compile_job(job):
+    """Worker process: runs one GPU case at batch 1, which leaves its kernel in Triton's on-disk cache."""
+    case, dtype, depthwise = job
+    inverted_residual_triton(*gpu_args(*case[:6], 1, *case[7:], dtype), depthwise=depthwise)
+    torch.cuda.synchronize()
+
+
+def _gpu_compile_jobs():
+    """One (case, dtype, depthwise) per distinct kernel specialisation the GPU tests below need."""
+    jobs = ([((cin, chid, cout, s, res, exp, 1, h, h), dt, "auto")
+             for _, cin, chid, cout, s, res, exp, h in GPU_SHAPES for dt in GPU_DTYPES]
+            + [(case, dt, "auto") for case, dt in ODD_GPU]
+            + [(case, torch.float16, mode) for case in DEPTHWISE_GPU_CASES for mode in ("gather", "recompute")]
+            + [(LAYOUT_GPU_CASE, torch.float16, "auto"), (INT64_GPU_CASE, torch.float16, "auto")])
+    distinct = {}
+    for case, dt, mode in jobs:
+        cin, chid, cout, s, res, exp, _, h, w = case
+        cfg = launcher._pick_config(cin, chid, cout, h, w, s, exp, dt)
+        aligned = tuple((v % 16 == 0, v == 1) for v in (cin, chid, cout))
+        distinct.setdefault((cfg, s, res, exp, dt, aligned, mode), (case, dt, mode))
+    return list(distinct.values())
+
+
+@pytest.fixture(scope="module")
+def precompiled():
+    """Compiles the GPU tests' kernels in parallel worker processes first (one compile takes 2-4 s and the
+    tests need ~50); the tests then load them from Triton's cache. A failure here only costs time: the
+    tests compile, and report errors, themselves."""
+    jobs = _gpu_compile_jobs()
+    pool = ProcessPoolExecutor(min(16, os.cpu_count() or 1, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        list(pool.map(_compile_job, jobs, timeout=PRECOMPILE_TIMEOUT_S))
+    except Exception as exc:  # noqa: BLE001  (a worker error, crash or timeout: the tests compile serially)
+        warnings.warn(f"parallel precompile failed ({type(exc).__name__}: {exc}); tests compile serially")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_gpu(backend, args, dtype):
+    with torch.no_grad():
+        y = backend_fn(backend)(*args)
+        torch.cuda.synchronize()
+        ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+        eager = inverted_residual_reference(*args)
+    assert y.shape == ref.shape and y.dtype == dtype
+    check_format(y, args[0])
+    err, eager_err = rel_err(y, ref), rel_err(eager, ref)
+    assert err <= 2 * eager_err + GPU_ATOL[dtype], f"kernel error {err:.3e}, eager error {eager_err:.3e}"
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("batch", [1, 8, 64])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: s[0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mobilenetv2_blocks_gpu(precompiled, backend, shape, batch, dtype):
+    _, cin, chid, cout, s, res, exp, h = shape
+    check_gpu(backend, gpu_args(cin, chid, cout, s, res, exp, batch, h, h, dtype), dtype)
+
+
+DEPTHWISE_GPU_CASES = [CASES[0], CASES[1], GPU_SHAPES[3][1:7] + (2, 56, 56)]
+LAYOUT_GPU_CASE = (24, 144, 24, 1, True, True, 3, 15, 13)
+INT64_GPU_CASE = (16, 16, 16, 1, True, False, 8193, 128, 128)    # 8193 * 16 * 128 * 128 > 2^31 elements
+# Every odd case in float16; a few in bfloat16 and float32 (each (shape, dtype) pair is one more compile).
+ODD_GPU = ([(c, torch.float16) for c in CASES] + [(CASES[0], torch.bfloat16), (CASES[6], torch.bfloat16),
+                                                  (CASES[1], torch.float32), (CASES[3], torch.float32)])
+
+
+@requires_cuda
+@pytest.mark.parametrize("case,dtype", ODD_GPU, ids=lambda v: case_id(v) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_configurations_gpu(precompiled, backend, case, dtype):
+    check_gpu(backend, gpu_args(*case, dtype), dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind", ["nchw", "strided"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts_gpu(precompiled, backend, kind):
+    args = gpu_args(*LAYOUT_GPU_CASE, torch.float16)
+    check_gpu(backend, (layout(args[0].contiguous(), kind),) + args[1:], torch.float16)
+
+
+@requires_cuda
+@pytest.mark.parametrize("depthwise", ["gather", "recompute"])
+@pytest.mark.parametrize("case", DEPTHWISE_GPU_CASES, ids=case_id)
+def test_depthwise_modes_gpu(precompiled, case, depthwise):
+    args = gpu_args(*case, torch.float16)
+    y = inverted_residual_triton(*args, depthwise=depthwise)
+    ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    assert rel_err(y, ref) <= 2 * rel_err(inverted_residual_reference(*args), ref) + GPU_ATOL[torch.float16]
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int64_indexing_gpu(precompiled, backend):
+    """N * H * W * C past 2^31 elements: the last images must still be right (int64 offsets)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2 ** 30:
+        pytest.skip("needs ~10 GB of GPU memory")
+    cin, chid, cout, s, res, exp, n, h, w = INT64_GPU_CASE
+    args = gpu_args(cin, chid, cout, s, res, exp, 1, h, w, torch.float16)
+    x = torch.empty(n, cin, h, w, device="cuda", dtype=torch.float16, memory_format=torch.channels_last)
+    x.normal_()
+    with torch.no_grad():
+        y = backend_fn(backend)(x, *args[1:])
+        tail = (x[-2:],) + args[1:]
+        ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in tail])
+        eager = inverted_residual_reference(*tail)
+    err, eager_err = rel_err(y[-2:], ref), rel_err(eager, ref)
+    del x, y
+    torch.cuda.empty_cache()
+    assert err <= 2 * eager_err + GPU_ATOL[torch.float16], f"kernel error {err:.3e}, eager error {eager_err:.3e}"
