@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graphs", action="store_true", help="also time CUDA-graph captured variants at batch 1")
     p.add_argument("--markdown", default=None, help="append the results table to this markdown file")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (slow to build)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode of the compiled variant (e.g. max-autotune; slower to build)")
     args = p.parse_args(argv)
 
     from . import fuse
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
 
     _progress("building the timed variants" + ("" if args.no_compile else " (torch.compile takes a while)"))
     variants = build_variants(mobilenet_v2(weights="imagenet"), device, dtype, with_compile=not args.no_compile,
-                              backends=args.backends)
+                              compile_mode=args.compile_mode, backends=args.backends)
     order = sorted(variants, key=lambda n: n == "compile_freezing")  # compile last: slowest to build
     graphed = args.cuda_graphs and device.type == "cuda"
     rows = []

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 import mnv2_kernels  # noqa: F401  (defines the schema and loads mnv2_kernels._C)
 from mnv2_kernels import _ext
+from mnv2_kernels.reference import inverted_residual_reference
+from mnv2_kernels.testing import to_float64
 
 pytestmark = pytest.mark.skipif(_ext.CPU_EXT is None, reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 
@@ -41,24 +43,9 @@ def make_weights(cin, t, cout, dtype=torch.float32, seed=0, b_expand_shift=0.5):
     return [None if w is None else w.to(dtype) for w in ws]
 
 
-def reference64(x, we, be, wd, bd, wp, bp, stride, residual, stats=None):
-    """The contract in float64 with F.conv2d (padding = zeros of the activated expanded tensor)."""
-    d = lambda t: None if t is None else t.double()  # noqa: E731
-    x64 = x.double()
-    h = x64
-    if we is not None:
-        pre = F.conv2d(h, d(we)[:, :, None, None], d(be))
-        if stats is not None:
-            stats["expand_pre"] = pre
-        h = pre.clamp(0.0, 6.0)
-    pre = F.conv2d(h, d(wd)[:, None], d(bd), stride=stride, padding=1, groups=wd.shape[0])
-    if stats is not None:
-        stats["dw_pre"] = pre
-    h = pre.clamp(0.0, 6.0)
-    y = F.conv2d(h, d(wp)[:, :, None, None], d(bp))
-    if residual:
-        y = y + x64
-    return y
+def reference64(x, we, be, wd, bd, wp, bp, stride, residual):
+    """The contract in float64: the package's plain-PyTorch reference on upcast copies."""
+    return inverted_residual_reference(*to_float64((x, we, be, wd, bd, wp, bp, stride, residual)))
 
 
 def expected_channels_last(x):
@@ -157,13 +144,13 @@ def test_relu6_clips_at_both_ends():
     """The weights of these tests drive pre-activations below 0 and above 6 in both ReLU6s."""
     ws = make_weights(24, 6, 24)
     x = make_input(2, 24, 15, 17, "cl", torch.float32)
-    stats = {}
-    ref = reference64(x, *ws, 1, True, stats=stats)
-    for key in ("expand_pre", "dw_pre"):
-        pre = stats[key]
+    we, be, wd, bd = (w.double() for w in ws[:4])
+    expand_pre = F.conv2d(x.double(), we[:, :, None, None], be)
+    dw_pre = F.conv2d(expand_pre.clamp(0, 6), wd[:, None], bd, padding=1, groups=wd.shape[0])
+    for key, pre in (("expand_pre", expand_pre), ("dw_pre", dw_pre)):
         assert (pre < 0).float().mean() > 0.05, key
         assert (pre > 6).float().mean() > 0.005, key
-    check_close(op(x, *ws, 1, True), ref, torch.float32)
+    check_close(op(x, *ws, 1, True), reference64(x, *ws, 1, True), torch.float32)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

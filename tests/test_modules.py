@@ -98,3 +98,14 @@ def test_fused_eval_matches_original(cin, cout, stride, t):
             y, ref = fused(x), original(x)
         _close(y, ref)
         assert y.is_contiguous(memory_format=fmt)
+
+
+def test_to_device_refolds_on_the_new_device():
+    """After .to(device) the folded weights follow (checked with the meta device, which needs no GPU)."""
+    fused = mk.FusedInvertedResidual.from_module(_block()).eval()
+    with torch.no_grad():
+        fused(_x())
+        fused.to("meta")
+        y = fused(_x().to("meta"))
+    assert y.device.type == "meta" and y.shape == (2, 24, 11, 11)
+    assert all(w is None or w.device.type == "meta" for w in fused.folded(torch.float32))
