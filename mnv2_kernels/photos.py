@@ -21,9 +21,10 @@ def load_photos(names=PHOTO_NAMES) -> Dict[str, np.ndarray]:
     return {n: getattr(skimage.data, n)() for n in names}
 
 
-def preprocess(img: np.ndarray, size: int = 224, resize: int = 256) -> torch.Tensor:
+def preprocess(img: np.ndarray, size: int = 224, resize: int = 256, mean=_MEAN, std=_STD) -> torch.Tensor:
     """torchvision's ImageNet eval transform: resize shorter side to 256 (bilinear, antialiased), center crop
-    224, scale to [0, 1], normalise. img: uint8 [H, W, 3]. Returns float32 [3, size, size]."""
+    224, scale to [0, 1], normalise with ``mean``/``std`` (TensorFlow ports use 0.5, 0.5).
+    img: uint8 [H, W, 3]. Returns float32 [3, size, size]."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)[None]
@@ -34,15 +35,15 @@ def preprocess(img: np.ndarray, size: int = 224, resize: int = 256) -> torch.Ten
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     x = x[..., top:top + size, left:left + size]
-    mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std)[0].contiguous()
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s)[0].contiguous()
 
 
-def photo_batch(names=PHOTO_NAMES) -> torch.Tensor:
+def photo_batch(names=PHOTO_NAMES, mean=_MEAN, std=_STD) -> torch.Tensor:
     """The named photos preprocessed into one float32 [len(names), 3, 224, 224] batch."""
     photos = load_photos(names)
-    return torch.stack([preprocess(photos[n]) for n in names])
+    return torch.stack([preprocess(photos[n], mean=mean, std=std) for n in names])
 
 
 def topk_labels(logits: torch.Tensor, k: int = 5) -> List[List[int]]:
