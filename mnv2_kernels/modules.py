@@ -11,7 +11,7 @@ forward, so results, gradients and BN statistics are exactly the original's.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +49,24 @@ class _FoldedModule(nn.Module):
     def _fold(self, dtype: torch.dtype) -> Any:
         raise NotImplementedError
 
+    def _fold_paths(self) -> Tuple[str, ...]:
+        """Paths (relative to self) of the modules whose tensors the folded weights depend on."""
+        raise NotImplementedError
+
     def _state_key(self, dtype: torch.dtype) -> tuple:
-        tensors = [t for m in self.children() for t in (*m.parameters(), *m.buffers())]
-        return (dtype,) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        """Changes whenever a folded-from tensor is replaced (.to(), load_state_dict(assign=True)) or
+        modified in place (optimiser steps, load_state_dict): storage pointers and version counters."""
+        key: list = [dtype]
+        mods = self.__dict__.get("_fold_modules")
+        if mods is None:  # resolved once: .to(), load_state_dict() and optimisers keep the module objects
+            mods = tuple(self.get_submodule(p) for p in self._fold_paths())
+            object.__setattr__(self, "_fold_modules", mods)
+        for m in mods:
+            for tensors in (m._parameters, m._buffers):
+                for t in tensors.values():
+                    if t is not None:
+                        key += (t.data_ptr(), t._version, t.device)
+        return tuple(key)
 
     def folded(self, dtype: torch.dtype) -> Any:
         """The folded weights in ``dtype`` on the parameters' device (cached until a weight changes)."""
@@ -106,6 +121,10 @@ class FusedInvertedResidual(_FoldedModule):
     def extra_repr(self) -> str:
         return f"{self.plan.describe()}, backend={self.backend!r}"
 
+    def _fold_paths(self) -> Tuple[str, ...]:
+        p = self.plan
+        return (*(p.expand or ()), *p.depthwise, *p.project)
+
     def _fold(self, dtype: torch.dtype) -> FoldedBlock:
         get, p = self.get_submodule, self.plan
         exp = None if p.expand is None else (get(p.expand[0]), get(p.expand[1]))
@@ -131,6 +150,9 @@ class FoldedConvBNAct(_FoldedModule):
 
     def extra_repr(self) -> str:
         return self.plan.describe()
+
+    def _fold_paths(self) -> Tuple[str, ...]:
+        return (self.plan.conv, self.plan.bn)
 
     def _fold(self, dtype: torch.dtype):
         w, b = fold_conv_bn(self.get_submodule(self.plan.conv), self.get_submodule(self.plan.bn))
