@@ -130,6 +130,8 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
             continue  # not the outermost module holding this depthwise conv: handled with its ancestor
         chain = [p for p in modules if (p == path or p.startswith(path + ".") if path else True)
                  and counts[p] == 1 and modules[p]._modules]
+        if any(isinstance(modules[p], FusedInvertedResidual) for p in chain):
+            continue  # fused by an earlier call
         plans: List[tuple] = []
         outer_reason: Optional[str] = None
         for p in chain:  # pre-order: outermost first
@@ -145,7 +147,9 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
         chosen_path, plan = (with_residual or plans)[-1]  # innermost, preferring one that owns the shortcut
         replacements.append((chosen_path, plan))
         report.append(BlockReport(chosen_path, True, plan.describe()))
-    folds = _fold_conv_bn_modules(model, [p for p, _ in replacements], report) if fold_conv_bn else []
+    taken = [p for p, _ in replacements] + [p for p, m in modules.items()
+                                             if isinstance(m, (FusedInvertedResidual, FoldedConvBNAct))]
+    folds = _fold_conv_bn_modules(model, taken, report) if fold_conv_bn else []
     for path, plan in replacements:
         fused = FusedInvertedResidual(modules[path], plan, backend)
         if path:

@@ -179,3 +179,12 @@ def test_fused_path_is_really_taken(monkeypatch):
     with torch.inference_mode():
         fused(torch.randn(1, 3, 32, 32))
     assert len(calls) == 17
+
+
+def test_fusing_twice_changes_nothing():
+    model = randomize_bn_(mobilenet_v2().eval())
+    once = mk.fuse(model)
+    twice, report = mk.fuse(once, return_report=True)
+    assert not report, str(report)
+    assert [type(m) for m in twice.modules()] == [type(m) for m in once.modules()]
+    _assert_same_function(model, twice)
