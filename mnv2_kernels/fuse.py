@@ -123,7 +123,7 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     report = FuseReport()
     replacements = []
     for path, m in modules.items():
-        if counts[path] != 1 or not m._modules or isinstance(m, FusedInvertedResidual):
+        if counts[path] != 1 or not m._modules:
             continue
         parent = path.rpartition(".")[0] if path else None
         if parent is not None and counts[parent] == 1:

@@ -53,15 +53,20 @@ class _FoldedModule(nn.Module):
         """Paths (relative to self) of the modules whose tensors the folded weights depend on."""
         raise NotImplementedError
 
+    def _fold_targets(self) -> Tuple[nn.Module, ...]:
+        """The modules at ``_fold_paths()``, resolved once: .to(), load_state_dict() and optimisers keep
+        the module objects."""
+        mods = self.__dict__.get("_fold_modules")
+        if mods is None:
+            mods = tuple(self.get_submodule(p) for p in self._fold_paths())
+            object.__setattr__(self, "_fold_modules", mods)
+        return mods
+
     def _state_key(self, dtype: torch.dtype) -> tuple:
         """Changes whenever a folded-from tensor is replaced (.to(), load_state_dict(assign=True)) or
         modified in place (optimiser steps, load_state_dict): storage pointers and version counters."""
         key: list = [dtype]
-        mods = self.__dict__.get("_fold_modules")
-        if mods is None:  # resolved once: .to(), load_state_dict() and optimisers keep the module objects
-            mods = tuple(self.get_submodule(p) for p in self._fold_paths())
-            object.__setattr__(self, "_fold_modules", mods)
-        for m in mods:
+        for m in self._fold_targets():
             for tensors in (m._parameters, m._buffers):
                 for t in tensors.values():
                     if t is not None:
@@ -126,10 +131,9 @@ class FusedInvertedResidual(_FoldedModule):
         return (*(p.expand or ()), *p.depthwise, *p.project)
 
     def _fold(self, dtype: torch.dtype) -> FoldedBlock:
-        get, p = self.get_submodule, self.plan
-        exp = None if p.expand is None else (get(p.expand[0]), get(p.expand[1]))
-        return fold_block(exp, (get(p.depthwise[0]), get(p.depthwise[1])), (get(p.project[0]), get(p.project[1])),
-                          dtype=dtype)
+        m = self._fold_targets()  # (expand conv, bn)?, dw conv, bn, project conv, bn
+        exp = (m[0], m[1]) if self.plan.expand is not None else None
+        return fold_block(exp, (m[-4], m[-3]), (m[-2], m[-1]), dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_original(x):
@@ -155,14 +159,14 @@ class FoldedConvBNAct(_FoldedModule):
         return (self.plan.conv, self.plan.bn)
 
     def _fold(self, dtype: torch.dtype):
-        w, b = fold_conv_bn(self.get_submodule(self.plan.conv), self.get_submodule(self.plan.bn))
+        w, b = fold_conv_bn(*self._fold_targets())
         return w.to(dtype), b.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_original(x):
             return self._original(x)
         w, b = self.folded(x.dtype)
-        conv = self.get_submodule(self.plan.conv)
+        conv = self._fold_targets()[0]
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         act: Optional[Callable] = _ACTIVATIONS[self.plan.activation]
         return y if act is None else act(y)
