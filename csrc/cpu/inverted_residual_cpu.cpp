@@ -30,6 +30,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +85,12 @@ Scratch& thread_scratch() {
 //   res[i]  : (RES only) pointer to row i of the residual, same columns as C
 //   last_cols: valid columns in the last strip (1..8); stores/loads there are masked when < 8.
 // ---------------------------------------------------------------------------------------------------------
+// ReLU6 that propagates NaN as torch.clamp does: _mm256_max_ps(a, b) / _mm256_min_ps(a, b) return the second
+// operand when either is NaN, so the value goes second in both (min(max(NaN, 0), 6) would give 0).
+inline __m256 relu6_nan(__m256 v, __m256 zero, __m256 six) {
+  return _mm256_min_ps(six, _mm256_max_ps(zero, v));
+}
+
 inline __m256i tail_mask(int n) {
   alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
@@ -148,7 +155,7 @@ inline void ukernel(int64_t kc, int64_t bstride, const float* const* a, const fl
       for (int j = 0; j < NV; ++j) {
         __m256 v = acc[i][j];
         if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res[i] + j * kVec));
-        if (RELU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        if (RELU6) v = relu6_nan(v, zero, six);
         _mm256_storeu_ps(c[i] + j * kVec, v);
       }
     }
@@ -163,7 +170,7 @@ inline void ukernel(int64_t kc, int64_t bstride, const float* const* a, const fl
           v = _mm256_add_ps(v, last ? _mm256_maskload_ps(res[i] + j * kVec, mask)
                                     : _mm256_loadu_ps(res[i] + j * kVec));
         }
-        if (RELU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        if (RELU6) v = relu6_nan(v, zero, six);
         if (last) {
           _mm256_maskstore_ps(c[i] + j * kVec, mask, v);
         } else {
@@ -270,7 +277,7 @@ void dw_row(const float* const rows[3], const float* wdw, const float* bdw, floa
       acc = _mm256_fmadd_ps(_mm256_load_ps(r2 + p), w20, acc);
       acc = _mm256_fmadd_ps(_mm256_load_ps(r2 + p + Cp), w21, acc);
       acc = _mm256_fmadd_ps(_mm256_load_ps(r2 + p + 2 * Cp), w22, acc);
-      return _mm256_min_ps(_mm256_max_ps(acc, zero), six);
+      return relu6_nan(acc, zero, six);
     };
     int64_t wo = 0;
     for (; wo + 4 <= Wo; wo += 4) {
@@ -281,6 +288,32 @@ void dw_row(const float* const rows[3], const float* wdw, const float* bdw, floa
       _mm256_store_ps(out + (wo + 3) * Cp + cc, v3);
     }
     for (; wo < Wo; ++wo) _mm256_store_ps(out + wo * Cp + cc, one(wo));
+  }
+}
+
+// The same as dw_row, for depthwise weights that are not all finite: taps on the zero padding are skipped
+// (as ATen's convolution does), not multiplied by 0, so that a NaN/Inf weight does not turn 0 * w into NaN at
+// the image border.  rows[ky] == nullptr: image row outside [0, H);  W: image width (valid padded pixels
+// 1..W of each row).  Slow (one output pixel at a time); only used when a weight is NaN or +-Inf.
+template <int S>
+void dw_row_skip_pad(const float* const rows[3], const float* wdw, const float* bdw, float* out, int64_t Wo,
+                     int64_t Cp, int64_t W) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 six = _mm256_set1_ps(6.0f);
+  for (int64_t wo = 0; wo < Wo; ++wo) {
+    for (int64_t cc = 0; cc < Cp; cc += kVec) {
+      __m256 acc = _mm256_load_ps(bdw + cc);
+      for (int ky = 0; ky < 3; ++ky) {
+        if (rows[ky] == nullptr) continue;
+        for (int kx = 0; kx < 3; ++kx) {
+          const int64_t col = wo * S - 1 + kx;  // image column
+          if (col < 0 || col >= W) continue;
+          acc = _mm256_fmadd_ps(_mm256_load_ps(rows[ky] + (col + 1) * Cp + cc),
+                                _mm256_load_ps(wdw + (ky * 3 + kx) * Cp + cc), acc);
+        }
+      }
+      _mm256_store_ps(out + wo * Cp + cc, relu6_nan(acc, zero, six));
+    }
   }
 }
 
@@ -297,6 +330,7 @@ struct Packed {
   const float* bdw;    // [Cp]
   const float* wproj;  // [Coutp/8][Cp][8]  w_project^T in 8-column strips
   const float* bproj;  // [Coutp]
+  bool dw_finite;      // every depthwise weight is finite (else the depthwise skips padding taps)
 };
 
 Scratch& pack_scratch() {  // separate from thread_scratch(): the calling thread is also a worker
@@ -365,9 +399,14 @@ Packed pack_weights(const BlockDims& d, const c10::optional<at::Tensor>& w_expan
   }
   const at::Tensor wd = w_dw.contiguous(), bd = b_dw.contiguous();  // wd: [Chid, 3, 3]
   const T* wdp = wd.data_ptr<T>();
+  bool dw_finite = true;
   for (int64_t t = 0; t < 9; ++t) {
-    for (int64_t c = 0; c < Cp; ++c) wdw[t * Cp + c] = c < d.Chid ? static_cast<float>(wdp[c * 9 + t]) : 0.f;
+    for (int64_t c = 0; c < Cp; ++c) {
+      wdw[t * Cp + c] = c < d.Chid ? static_cast<float>(wdp[c * 9 + t]) : 0.f;
+      dw_finite = dw_finite && std::isfinite(wdw[t * Cp + c]);
+    }
   }
+  pk.dw_finite = dw_finite;
   pad_vec(bdw, bd.data_ptr<T>(), d.Chid, Cp);
   const at::Tensor wp = w_project.contiguous(), bp = b_project.contiguous();
   pack_strips(wproj, wp.data_ptr<T>(), d.Cout, d.Chid, Cp);
@@ -480,7 +519,9 @@ void run_block(const T* x, T* out, const BlockDims& d, const Packed& pk) {
                 pc[m] = slot + (w + 1) * Cp;
               }
             }
-            gemm_rows<true, false>(nr * W, Cin, Cp, pa, wexp, bexp, pc, nullptr);
+            // Ncols = Chid, not Cp: the padded channels Chid..Cp of the ring stay the memset zeros (computing
+            // them would give relu6(Inf * 0) = NaN for an Inf input pixel, which the project would then spread).
+            gemm_rows<true, false>(nr * W, Cin, d.Chid, pa, wexp, bexp, pc, nullptr);
           } else {
             // no expand conv: the "expanded" row is x itself (channels Cin..Cp stay zero)
             for (int64_t r = r_beg; r < hi; ++r) {
@@ -502,8 +543,15 @@ void run_block(const T* x, T* out, const BlockDims& d, const Packed& pk) {
             const int64_t r = top + ky;
             rows[ky] = (r < 0 || r >= H) ? zrow : ring + (r % S) * row_floats;
           }
-          if (s == 1) dw_row<1>(rows, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp);
-          else dw_row<2>(rows, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp);
+          if (pk.dw_finite) {
+            if (s == 1) dw_row<1>(rows, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp);
+            else dw_row<2>(rows, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp);
+          } else {
+            const float* rs[3];
+            for (int ky = 0; ky < 3; ++ky) rs[ky] = rows[ky] == zrow ? nullptr : rows[ky];
+            if (s == 1) dw_row_skip_pad<1>(rs, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp, W);
+            else dw_row_skip_pad<2>(rs, wdw, bdw, dwbuf + i * Wo * Cp, Wo, Cp, W);
+          }
         }
         // 3. project into the output rows (+ residual)
         const int64_t M = r_n * Wo;
@@ -540,17 +588,6 @@ void run_block(const T* x, T* out, const BlockDims& d, const Packed& pk) {
   });
 }
 
-// "torch.float16" etc., as Python spells dtypes.
-std::string torch_dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return "torch.float16";
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
 }  // namespace
 
 // The CPU kernel of mnv2::inverted_residual. Shapes: see the header comment and docs/CONTRACT.md.
@@ -561,9 +598,8 @@ at::Tensor inverted_residual_cpu(const at::Tensor& x, const c10::optional<at::Te
   const BlockDims d = check_inverted_residual_args(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride,
                                                    residual);
   TORCH_CHECK(x.device().is_cpu(), "mnv2.inverted_residual: the CPU kernel got x on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "mnv2.inverted_residual: the CPU kernel supports float32 and bfloat16, got ",
-              torch_dtype_name(x.scalar_type()), "; call .float() on the input and the module");
+  // The dtypes this kernel serves; mnv2_kernels/backends.py (the "cpu" row) lists the same ones.
+  check_kernel_dtype("CPU", x, {at::kFloat, at::kBFloat16});
   const bool out_cl = wants_channels_last(x);
   at::Tensor out = at::empty({d.N, d.Cout, d.Ho, d.Wo}, x.options(), at::MemoryFormat::ChannelsLast);
   if (d.N == 0) return out_cl ? out : out.contiguous();
