@@ -9,7 +9,7 @@ import torch
 
 from mnv2_kernels.models import mobilenet_v2
 from mnv2_kernels.testing import randomize_bn_
-from mnv2_kernels.variants import build_variants, wants_channels_last
+from mnv2_kernels.demo.variants import build_variants, wants_channels_last
 
 VARIANTS = ("eager_cl", "eager_folded_cl", "compile_freezing", "fused")
 

@@ -11,7 +11,7 @@ import torch
 from mnv2_kernels import ops
 from mnv2_kernels.models import mobilenet_v2
 from mnv2_kernels.testing import randomize_bn_
-from mnv2_kernels.variants import build_variants
+from mnv2_kernels.demo.variants import build_variants
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,7 +14,7 @@ import json, resource, sys, torch
 import mnv2_kernels
 from mnv2_kernels.models import mobilenet_v2
 from mnv2_kernels.testing import randomize_bn_
-from mnv2_kernels.variants import build_variants, wants_channels_last
+from mnv2_kernels.demo.variants import build_variants, wants_channels_last
 name, batch = sys.argv[1], int(sys.argv[2])
 v = build_variants(randomize_bn_(mobilenet_v2()), torch.device("cpu"), torch.float32,
                    with_compile=name == "compile_freezing")[name]

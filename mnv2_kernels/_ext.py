@@ -1,34 +1,58 @@
 """Loads the compiled extensions; a missing or broken one is a warning, never a crash at import.
 
 ``CPU_EXT_ERROR`` / ``CUDA_EXT_ERROR`` hold the reason an extension is unavailable (None when loaded).
-The CPU extension is compiled at first import (torch.utils.cpp_extension.load, cached) when the package
-was installed without it (e.g. a plain, build-isolated ``pip install -e .``); MNV2_JIT_BUILD=0 turns that off.
+
+The build path is `pip install --no-build-isolation -e .` (setup.py). When the package was installed
+without its extensions (a plain, build-isolated ``pip install -e .`` has no torch to build with), the CPU
+extension is compiled once at first import from the same description (mnv2_kernels/_build_config.py) into
+a cache folder named by the sources' hash; later imports load that file directly, without the compiler.
+MNV2_JIT_BUILD=0 turns the first-import build off.
 """
 from __future__ import annotations
 
-import glob
 import importlib
+import importlib.util
 import os
-import platform
 import sys
 import warnings
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CSRC = os.path.join(os.path.dirname(_HERE), "csrc")
+from . import _build_config as _cfg
+
+_JIT_NAME = "mnv2_kernels_C"
+
+
+def _jit_dir() -> str:
+    import torch
+
+    base = os.environ.get("MNV2_EXT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mnv2_kernels")
+    return os.path.join(base, f"cpu-{_cfg.cpu_fingerprint()}-torch{torch.__version__}")
+
+
+def _import_file(path: str):
+    spec = importlib.util.spec_from_file_location(_JIT_NAME, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _jit_build_cpu():
-    from torch.utils.cpp_extension import load
-
-    sources = sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+    build_dir = _jit_dir()
+    built = os.path.join(build_dir, f"{_JIT_NAME}.so")
+    if os.path.isfile(built):          # built by an earlier import: no compiler, no ninja, no CUDA_HOME probing
+        return _import_file(built)
+    sources = _cfg.cpu_sources()
     if not sources:
         raise ImportError("no C++ sources found next to the package (csrc/cpu)")
-    omp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    flags = ["-O3"] + (["-mavx2", "-mfma"] if platform.machine() in ("x86_64", "AMD64") else []) + omp
-    print("mnv2_kernels: compiling the CPU extension once (about 2 minutes; cached afterwards)...",
+    from torch.utils.cpp_extension import load
+
+    os.makedirs(build_dir, exist_ok=True)
+    print("mnv2_kernels: compiling the CPU extension once (about 2 minutes; cached in "
+          f"{build_dir}). `pip install --no-build-isolation -e .` builds it at install time instead.",
           file=sys.stderr, flush=True)
-    return load(name="mnv2_kernels_C", sources=sources, extra_include_paths=[os.path.join(_CSRC, "common")],
-                extra_cflags=flags, extra_ldflags=omp, verbose=False)
+    return load(name=_JIT_NAME, sources=sources, extra_include_paths=[_cfg.COMMON_INCLUDE],
+                extra_cflags=_cfg.cpu_cxx_flags(), extra_ldflags=_cfg.openmp_flags(), build_directory=build_dir,
+                verbose=False)
 
 
 def _load(name: str, jit=None):
@@ -40,7 +64,7 @@ def _load(name: str, jit=None):
         try:
             return jit(), None
         except Exception as exc:
-            first += f"; JIT build failed: {type(exc).__name__}: {exc}"
+            first += f"; first-import build failed: {type(exc).__name__}: {exc}"
     return None, first
 
 

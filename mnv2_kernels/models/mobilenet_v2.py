@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import List, Optional
@@ -125,13 +124,3 @@ def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, weights: Opti
     state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_categories() -> List[str]:
-    """The 1000 ImageNet class names, index = class id."""
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "imagenet_classes.txt")
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
-
-

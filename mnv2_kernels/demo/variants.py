@@ -15,7 +15,7 @@ from torch import nn
 
 def fold_all_bn(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every BatchNorm2d that directly follows a Conv2d in a Sequential folded into it."""
-    from .folding import fold_conv_bn
+    from ..folding import fold_conv_bn
 
     model = copy.deepcopy(model)
     for m in list(model.modules()):
@@ -51,7 +51,7 @@ def build_variants(model: nn.Module, device: torch.device, dtype: torch.dtype, *
     channels_last; "compile_freezing": torch.compile + freezing, channels_last; "fused": mnv2_kernels.fuse,
     channels_last ("fused_<backend>" for each backend other than "auto"). Inputs to the *_cl variants are converted to channels_last by the caller (see ``inputs``).
     """
-    from .fuse import fuse
+    from ..fuse import fuse
 
     base = model.eval().to(device=device, dtype=dtype)
     cl = copy.deepcopy(base).to(memory_format=torch.channels_last)

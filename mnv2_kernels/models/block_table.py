@@ -1,0 +1,56 @@
+"""The inverted-residual block shapes of MobileNetV2, derived from the model definition (Table 2).
+
+One place for the table that tests, benchmarks and tools use (blocks 5-6, 8-10, 12-13 and 15-16 repeat a
+shape, so a 224x224 network has 12 distinct shapes):
+
+    >>> [b.name for b in mobilenet_v2_blocks()][:4]
+    ['1', '2', '3', '4']
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple
+
+from .mobilenet_v2 import INVERTED_RESIDUAL_SETTING, _make_divisible
+
+
+class BlockShape(NamedTuple):
+    name: str       # block number(s) in the network, "5-6" for a repeated shape
+    cin: int        # input channels
+    chid: int       # hidden (expanded) channels; == cin when t == 1
+    cout: int       # output channels
+    h: int          # input height (= width)
+    stride: int     # depthwise stride
+    expand: bool    # has a 1x1 expand conv (t != 1 in the paper)
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.cin == self.cout
+
+    @property
+    def h_out(self) -> int:
+        return (self.h - 1) // self.stride + 1
+
+
+def mobilenet_v2_blocks(input_size: int = 224, width_mult: float = 1.0, distinct: bool = True) -> List[BlockShape]:
+    """The 17 blocks of MobileNetV2 in order (``distinct=False``), or the 12 distinct shapes with repeated
+    blocks named as a range ("5-6"). The stem conv has stride 2, so block 1 sees input_size / 2."""
+    h = (input_size - 1) // 2 + 1
+    cin = _make_divisible(32 * width_mult)
+    blocks: List[BlockShape] = []
+    for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+        cout = _make_divisible(c * width_mult)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            blocks.append(BlockShape(str(len(blocks) + 1), cin, int(round(cin * t)), cout, h, stride, t != 1))
+            h = (h - 1) // stride + 1
+            cin = cout
+    if not distinct:
+        return blocks
+    merged: List[BlockShape] = []
+    for b in blocks:
+        if merged and merged[-1]._replace(name=b.name) == b:
+            first = merged[-1].name.split("-")[0]
+            merged[-1] = b._replace(name=f"{first}-{b.name}")
+        else:
+            merged.append(b)
+    return merged
