@@ -30,6 +30,23 @@ class BlockShape(NamedTuple):
     def h_out(self) -> int:
         return (self.h - 1) // self.stride + 1
 
+    def flops(self, n: int) -> int:
+        """Multiply-adds x 2 of one forward at batch ``n`` (expand, depthwise 3x3, project)."""
+        hw, hwo = self.h * self.h, self.h_out * self.h_out
+        macs = (hw * self.cin * self.chid if self.expand else 0) + hwo * self.chid * 9 + hwo * self.chid * self.cout
+        return 2 * n * macs
+
+    def fused_bytes(self, n: int, elt: int) -> int:
+        """Bytes a fused block must move at batch ``n`` with ``elt``-byte elements: read the input once, write
+        the output once, read the weights once (the floor of section "roofline" in RESULTS.md)."""
+        acts = n * (self.h * self.h * self.cin + self.h_out * self.h_out * self.cout)
+        weights = (self.chid * (self.cin + 1) if self.expand else 0) + self.chid * 10 + self.cout * (self.chid + 1)
+        return elt * (acts + weights)
+
+    def floor_seconds(self, n: int, elt: int, flops_per_s: float, bytes_per_s: float) -> float:
+        """Roofline floor: max(bytes / bandwidth, flops / peak)."""
+        return max(self.fused_bytes(n, elt) / bytes_per_s, self.flops(n) / flops_per_s)
+
 
 def mobilenet_v2_blocks(input_size: int = 224, width_mult: float = 1.0, distinct: bool = True) -> List[BlockShape]:
     """The 17 blocks of MobileNetV2 in order (``distinct=False``), or the 12 distinct shapes with repeated
