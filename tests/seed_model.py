@@ -1,4 +1,4 @@
-"""The hand-written MobileNetV2 of the project's seed article (../shared/seeds/), comments translated.
+"""The hand-written MobileNetV2 of the article the project started from (a Chinese tutorial's PyTorch model), comments translated.
 
 Kept verbatim in structure: an expand conv even at t = 1, ReLU6(inplace=True), the shortcut flag ``is_res``,
 layers held in a plain list *and* an nn.Sequential, and a 1x1 conv classifier.
