@@ -11,18 +11,21 @@ in Triton's interpreter with TRITON_INTERPRET=1), "reference" (plain PyTorch), "
 from . import ops
 from .folding import FoldedBlock, fold_block, fold_conv_bn
 from .fuse import BlockReport, FuseReport, fuse
-from .modules import FusedInvertedResidual
+from .modules import FusedInvertedResidual, FusedPathWarning, refresh
 from .recognize import BlockPlan, NotFusable, recognize_block
 from .reference import inverted_residual_reference
 
-__all__ = ["ops", "fuse", "FuseReport", "BlockReport", "FusedInvertedResidual", "BlockPlan", "NotFusable",
+__all__ = ["ops", "fuse", "refresh", "FuseReport", "BlockReport", "FusedInvertedResidual", "FusedPathWarning",
+           "BlockPlan", "NotFusable",
            "recognize_block", "fold_block", "fold_conv_bn", "FoldedBlock", "inverted_residual_reference",
            "models"]
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402  (the one place the version is written)
 
 
 def __getattr__(name):
+    # Lazy `mnv2_kernels.models`. importlib, not `from . import models`: the latter asks this module for the
+    # attribute `models` again and recursed forever.
     if name == "models":
-        from . import models
-        return models
-    raise AttributeError(name)
+        import importlib
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .modules import FoldedConvBNAct, FusedInvertedResidual
+from .modules import FoldedConvBNAct, FusedInvertedResidual, FusedPathWarning
 from .recognize import NotFusable, recognize_block, recognize_conv_bn
 
 log = logging.getLogger("mnv2_kernels")
@@ -54,7 +55,8 @@ class FuseReport(List[BlockReport]):
 
 
 def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    """A depthwise conv: one group per input channel (a block with one hidden channel has groups == 1)."""
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels and (m.groups > 1 or m.out_channels == 1)
 
 
 def _depthwise_counts(model: nn.Module) -> Dict[str, int]:
@@ -111,7 +113,8 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     The state dict keeps its keys and values. ``backend``: "auto", "cpu", "cuda", "triton" or "reference";
     one that cannot serve the model's device raises RuntimeError naming what is missing.
     ``inplace=False`` works on a deep copy. With ``return_report=True`` returns (model, FuseReport); the
-    report is also logged on the "mnv2_kernels" logger.
+    report is also logged on the "mnv2_kernels" logger (INFO). Skipped blocks (how many, why) and a model
+    still in training mode are also a ``FusedPathWarning``.
     """
     if backend not in ops.BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
@@ -161,4 +164,23 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
             _set_submodule(model, path, FoldedConvBNAct(modules[path], plan))
     for r in report:
         log.info("mnv2_kernels.fuse: %s", r)
+    _warn_about(model, report)
     return (model, report) if return_report else model
+
+
+def _warn_about(model: nn.Module, report: FuseReport) -> None:
+    """FusedPathWarning for what would otherwise be silently slow: skipped blocks, a model in train mode."""
+    skipped = report.skipped
+    if skipped:
+        reasons: Dict[str, List[str]] = {}
+        for r in skipped:
+            reasons.setdefault(r.detail, []).append(r.path or "<root>")
+        lines = "; ".join(f"{len(paths)} x {reason} ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
+                          for reason, paths in reasons.items())
+        warnings.warn(f"mnv2_kernels.fuse: {len(skipped)} of {len(skipped) + len(report.fused)} blocks left "
+                      f"unfused: {lines}. They run as before; fuse(..., return_report=True) lists them.",
+                      FusedPathWarning, stacklevel=3)
+    if model.training and (report.fused or report.folded):
+        warnings.warn("mnv2_kernels.fuse: the model is in training mode, so nothing runs fused until you call "
+                      ".eval() (training and eval with gradients enabled run the original layers)",
+                      FusedPathWarning, stacklevel=3)

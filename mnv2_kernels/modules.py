@@ -1,8 +1,9 @@
 """Drop-in modules that run BatchNorm-folded fused computations in eval mode.
 
-Both keep the original module's layers as their own children (same names, so state dicts are
-interchangeable) and, in training mode or when gradients are requested, run the original module's own
-forward, so results, gradients and BN statistics are exactly the original's.
+Both share the original module's children, parameters and buffers (the same dicts, so state dicts are
+interchangeable and a layer replaced on either is seen by both), expose the original's plain attributes
+(``stride``, ``use_res_connect``, ``out_channels``, ...), and run the original module's own forward whenever
+the fused computation might not be exactly the original's (rules: docs/CONTRACT.md, "Modules").
 
 - ``FusedInvertedResidual``: a whole inverted-residual block as one fused op.
 - ``FoldedConvBNAct``: a conv -> BN [-> ReLU/ReLU6] outside the blocks (stem, head) as one convolution with
@@ -10,89 +11,319 @@ forward, so results, gradients and BN statistics are exactly the original's.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Optional, Tuple
+import threading
+import warnings
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from . import ops
 from .folding import FoldedBlock, fold_block, fold_conv_bn
-from .recognize import BlockPlan, ConvBNPlan, NotFusable, recognize_block
+from .recognize import BlockPlan, ConvBNPlan, NotFusable, recognize_block, recognize_conv_bn
 
-log = logging.getLogger("mnv2_kernels")
+# Folding is rare (first call, after a weight change); one lock for all modules keeps it simple and the
+# modules picklable. Readers never take it: cache entries are immutable tuples swapped in atomically.
+_FOLD_LOCK = threading.RLock()
+
+
+class FusedPathWarning(UserWarning):
+    """A fused module ran its original (unfused) forward, or an export/trace will not contain the fused op."""
+
+
+def _walk(m: nn.Module, out: List[nn.Module]) -> List[nn.Module]:
+    """m and all its descendants, pre-order (cheaper than Module.modules(): no memo set, no names)."""
+    out.append(m)
+    for c in m._modules.values():
+        if c is not None:
+            _walk(c, out)
+    return out
+
+
+def _geometry(m: nn.Module) -> tuple:
+    """The non-tensor attributes of a folded-from module that change what it computes (eps, conv geometry)."""
+    if isinstance(m, nn.Conv2d):
+        return (m.stride, m.padding, m.dilation, m.groups, m.padding_mode)
+    return (getattr(m, "eps", None), getattr(m, "track_running_stats", None))
+
+
+def _fallback_reason(mods: List[nn.Module]) -> Optional[str]:
+    """Why the modules of a block cannot run fused right now (None when they can). Cheap: runs every call."""
+    for m in mods:
+        if m.training:
+            return f"{type(m).__name__} is in training mode"
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"{type(m).__name__} has forward hooks"
+        if "forward" in m.__dict__:
+            return f"{type(m).__name__} has an instance-level forward"
+    if _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks:
+        return "global module forward hooks are registered"
+    return None
+
+
+class _Structure(NamedTuple):
+    """What the fused computation was derived from: checked by identity and attributes every call."""
+    mods: List[nn.Module]            # the original and all its descendants
+    nodes: tuple                     # (module, tuple of its children) for each of mods
+    plan: Any                        # BlockPlan / ConvBNPlan, or None when the block is no longer fusable
+    targets: Tuple[nn.Module, ...]   # the folded-from modules (convs and BNs)
+    geometry: tuple                  # _geometry() of each target
+    reason: Optional[str]            # why plan is None
+
+
+class _CacheEntry(NamedTuple):
+    key: tuple                       # (data_ptr, version) of each folded-from tensor when folded
+    folded: Any
+    sources: tuple                   # the folded-from tensors, kept alive so their addresses stay unique
+    targets: tuple                   # the folded-from modules
+
+
+def _tensors(m: nn.Module, out: list) -> list:
+    """Every tensor a folded-from module computes its weights from, including parametrizations' originals
+    (BN's num_batches_tracked is not one: it only counts training steps)."""
+    out += [t for t in m._parameters.values() if t is not None]
+    out += [t for k, t in m._buffers.items() if t is not None and k != "num_batches_tracked"]
+    if m._modules:  # e.g. torch.nn.utils.parametrize's `parametrizations`
+        for c in m._modules.values():
+            if c is not None:
+                _tensors(c, out)
+    return out
+
+
+def _version(t: torch.Tensor) -> int:
+    """t's version counter, -1 for inference tensors."""
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no version counter (it cannot change outside inference_mode)
+        return -1
 
 
 class _FoldedModule(nn.Module):
-    """Adopts an original module's children and caches weights folded from them per dtype."""
+    """Adopts an original module's children and caches weights folded from them per (device, dtype).
 
-    def __init__(self, original: nn.Module):
+    Staleness (docs/CONTRACT.md, "Modules"): the folded weights are rebuilt when a folded-from tensor is
+    replaced or modified in place through autograd-visible ops (its address or version counter changes), when
+    a layer is replaced or a BN's eps or a conv's geometry changes (the module is recognised again), on every
+    ``train()`` / ``eval()`` call, and on ``refresh()``. Writes that bypass the version counter
+    (``.data.mul_()``, writes through ``.numpy()``) are picked up at the next ``eval()`` or ``refresh()``.
+    """
+
+    def __init__(self, original: nn.Module, plan: Any):
         super().__init__()
-        for name, child in original.named_children():
-            self.add_module(name, child)
-        for name, p in original.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        for name, b in original.named_buffers(recurse=False):
-            self.register_buffer(name, b)
-        object.__setattr__(self, "_original", original)  # not a child: its layers are already ours
+        d = self.__dict__
+        # Share the containers: a child, parameter or buffer replaced on either module is seen by both.
+        d["_modules"] = original._modules
+        d["_parameters"] = original._parameters
+        d["_buffers"] = original._buffers
+        d["_non_persistent_buffers_set"] = original._non_persistent_buffers_set
+        d["_original"] = original  # not a child: its layers are already ours
+        d["_cache"] = {}
+        d["_struct"] = self._build_structure(plan, None)
+        d["_warned"] = set()
+        d["plan"] = plan
         self.training = original.training
-        self._cache_key: Optional[tuple] = None
-        self._cache: Any = None
-        self._warned_grad = False
 
+    # -- pickling / deepcopy: folded weights are rebuilt, never copied -----------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        state["_warned"] = set()
+        return state
+
+    # -- drop-in attributes -----------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_original")
+            if original is None or name.startswith("__"):
+                raise
+            return getattr(original, name)  # stride, use_res_connect, out_channels, has_skip, ...
+
+    def __setattr__(self, name: str, value) -> None:
+        d = self.__dict__
+        original = d.get("_original")
+        if (original is not None and name not in d and name in original.__dict__
+                and not isinstance(value, (nn.Module, torch.Tensor))):
+            setattr(original, name, value)   # e.g. use_res_connect: the original's forward reads it
+            self._invalidate()               # recognise it again on the next call
+            return
+        super().__setattr__(name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(dir(self.__dict__["_original"])))
+
+    # -- mode, refresh ----------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)
         self._original.train(mode)
+        self.__dict__["_cache"] = {}  # folded again on the next call: .data / numpy edits made meanwhile count
         return self
 
-    def _fold(self, dtype: torch.dtype) -> Any:
+    def refresh(self) -> "_FoldedModule":
+        """Drops the folded weights and recognises the module again on the next call.
+
+        Call it after changing weights in ways PyTorch does not record (``p.data.mul_()``, writes through
+        ``p.detach().numpy()``) while the module stays in eval mode (``train()`` / ``eval()`` refresh too).
+        ``mnv2_kernels.refresh(model)`` does it for every fused module of a model.
+        """
+        self._invalidate()
+        return self
+
+    def _invalidate(self) -> None:
+        d = self.__dict__
+        d["_cache"] = {}
+        st = d.get("_struct")
+        if st is not None:
+            d["_struct"] = st._replace(geometry=None)  # never matches: recognised again on the next eager call
+
+    # -- subclass interface -----------------------------------------------------------------------------------
+    def _recognize(self) -> Any:
+        """The plan of ``self._original`` as it is now; raises NotFusable."""
         raise NotImplementedError
 
-    def _fold_paths(self) -> Tuple[str, ...]:
-        """Paths (relative to self) of the modules whose tensors the folded weights depend on."""
+    def _plan_paths(self, plan: Any) -> Tuple[str, ...]:
+        """Paths (relative to the original) of the modules whose tensors the folded weights depend on."""
         raise NotImplementedError
 
-    def _fold_targets(self) -> Tuple[nn.Module, ...]:
-        """The modules at ``_fold_paths()``, resolved once: .to(), load_state_dict() and optimisers keep
-        the module objects."""
-        mods = self.__dict__.get("_fold_modules")
-        if mods is None:
-            mods = tuple(self.get_submodule(p) for p in self._fold_paths())
-            object.__setattr__(self, "_fold_modules", mods)
-        return mods
+    def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype) -> Any:
+        """The folded weights in ``dtype`` from the folded-from modules ``targets``."""
+        raise NotImplementedError
 
-    def _state_key(self, dtype: torch.dtype) -> tuple:
-        """Changes whenever a folded-from tensor is replaced (.to(), load_state_dict(assign=True)) or
-        modified in place (optimiser steps, load_state_dict): storage pointers and version counters."""
-        key: list = [dtype]
-        for m in self._fold_targets():
-            for tensors in (m._parameters, m._buffers):
-                for t in tensors.values():
-                    if t is not None:
-                        key += (t.data_ptr(), t._version, t.device)
-        return tuple(key)
+    # -- structure: which modules, which plan -----------------------------------------------------------------
+    def _build_structure(self, plan: Any, reason: Optional[str]) -> _Structure:
+        original = self.__dict__["_original"]
+        targets = () if plan is None else tuple(original.get_submodule(p) for p in self._plan_paths(plan))
+        mods = _walk(original, [])
+        nodes = tuple((m, tuple(m._modules.values())) for m in mods)
+        return _Structure(mods, nodes, plan, targets, tuple(_geometry(m) for m in targets), reason)
 
-    def folded(self, dtype: torch.dtype) -> Any:
-        """The folded weights in ``dtype`` on the parameters' device (cached until a weight changes)."""
-        if torch.compiler.is_compiling():
-            return self._fold(dtype)  # traced: inductor treats it as constant work
-        key = self._state_key(dtype)
-        if key != self._cache_key:
-            self._cache = self._fold(dtype)
-            self._cache_key = key
-        return self._cache
-
-    def _use_original(self, x: torch.Tensor) -> bool:
-        if self.training:
-            return True
-        if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+    def _unchanged(self, st: _Structure) -> bool:
+        """True when nothing the fused path depends on changed since ``st`` was built and nothing asks for
+        the original's forward (one pass over the block's modules; this runs every call)."""
+        for m, kids in st.nodes:
+            if m.training or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+                return False
+            if (tuple(m._modules.values()) != kids) if kids else m._modules:
+                return False
+        if _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks or st.geometry is None:
             return False
-        if not self._warned_grad and not torch.compiler.is_compiling():
-            self._warned_grad = True
-            log.info("%s: gradients are enabled in eval mode, running the unfused module; use torch.no_grad() "
-                     "or torch.inference_mode() for the fused path", type(self).__name__)
-        return True
+        return tuple([_geometry(m) for m in st.targets]) == st.geometry
+
+    def _structure(self, mods: Optional[List[nn.Module]] = None) -> _Structure:
+        """The current structure; recognises the original again when a layer or an attribute changed."""
+        st = self.__dict__["_struct"]
+        if torch.compiler.is_compiling():
+            return st  # dynamo guards on the module tree itself
+        if mods is None:
+            mods = _walk(self._original, [])
+        if st.geometry is not None and st.mods == mods and tuple(_geometry(m) for m in st.targets) == st.geometry:
+            return st
+        with _FOLD_LOCK:
+            try:
+                plan, reason = self._recognize(), None
+            except NotFusable as exc:
+                plan, reason = None, f"it is no longer fusable ({exc})"
+            if plan is not None and "plan" in self.__dict__:
+                self.__dict__["plan"] = plan
+            st = self._build_structure(plan, reason)
+            self.__dict__["_cache"] = {}
+            self.__dict__["_struct"] = st
+        return st
+
+    # -- folded weights ---------------------------------------------------------------------------------------
+    def folded(self, dtype: torch.dtype, device: Optional[torch.device] = None) -> Any:
+        """The folded weights in ``dtype`` on the parameters' device (cached until a weight changes).
+
+        ``device`` only names the cache slot (default: the parameters' device); each (device, dtype) has its
+        own slot, so concurrent calls in several dtypes never see each other's weights. Raises ValueError when
+        the module is no longer fusable (the reason says why).
+        """
+        st = self._structure()
+        if st.plan is None:
+            raise ValueError(f"{type(self).__name__}: {st.reason}")
+        return self._folded(st, dtype, device)
+
+    def _folded(self, st: _Structure, dtype: torch.dtype, device: Optional[torch.device]) -> Any:
+        if torch.compiler.is_compiling():
+            return self._fold(st.targets, dtype)  # traced: inductor treats it as constant work
+        tensors: list = []
+        for m in st.targets:
+            _tensors(m, tensors)
+        # Changes whenever a folded-from tensor is replaced (.to(), load_state_dict(assign=True), a new
+        # Parameter) or modified in place through PyTorch (optimiser steps, load_state_dict, copy_): addresses
+        # and version counters. The entry keeps the tensors alive, so no new tensor can take an address.
+        try:
+            key = tuple([(t.data_ptr(), t._version) for t in tensors])
+        except RuntimeError:  # inference tensors (built or converted inside torch.inference_mode())
+            key = tuple([(t.data_ptr(), _version(t)) for t in tensors])
+        slot = (device if device is not None else (tensors[0].device if tensors else None), dtype)
+        entry = self.__dict__["_cache"].get(slot)
+        if entry is not None and entry.key == key and entry.targets is st.targets:
+            return entry.folded
+        with _FOLD_LOCK:
+            cache = self.__dict__["_cache"]
+            entry = cache.get(slot)
+            if entry is None or entry.key != key or entry.targets is not st.targets:
+                tracing = torch._C._get_tracing_state()
+                torch._C._set_tracing_state(None)  # torch.jit.trace: the folded weights become constants
+                try:
+                    with torch.no_grad():
+                        entry = _CacheEntry(key, self._fold(st.targets, dtype), tuple(tensors), st.targets)
+                finally:
+                    torch._C._set_tracing_state(tracing)
+                cache[slot] = entry
+        return entry.folded
+
+    # -- which path -------------------------------------------------------------------------------------------
+    def _warn_once(self, what: str, message: str) -> None:
+        warned = self.__dict__["_warned"]
+        if what not in warned:
+            warned.add(what)
+            warnings.warn(message, FusedPathWarning, stacklevel=4)
+
+    def _fused_structure(self, x: torch.Tensor) -> Optional[_Structure]:
+        """The structure to run fused, or None to run the original's forward (warning once per reason)."""
+        if self.training:
+            return None
+        name = type(self).__name__
+        if (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export():
+            self._warn_once("onnx", f"mnv2_kernels: ONNX has no mnv2::inverted_residual, so {name} exports its "
+                            "original (unfused) layers; exporting the original model gives the same graph "
+                            "(ONNX runtimes fold BatchNorm themselves)")
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            if torch.compiler.is_exporting():
+                self._warn_once("export", f"mnv2_kernels: exporting {name} with gradients enabled captures the "
+                                "original (unfused) block; export under torch.no_grad() to capture the fused op")
+            elif not torch.compiler.is_compiling():
+                self._warn_once("grad", f"mnv2_kernels: {name} in eval mode with gradients enabled runs the "
+                                "original (unfused, ~3x slower) block so that gradients flow; run inference under "
+                                "torch.no_grad() or torch.inference_mode() for the fused path")
+            return None
+        st = self.__dict__["_struct"]
+        if torch.compiler.is_compiling():
+            return st if st.plan is not None else None
+        if st.plan is not None and self._unchanged(st):
+            return st  # the fast path
+        mods = _walk(self._original, [])
+        reason = _fallback_reason(mods)
+        if reason is None:
+            st = self._structure(mods)
+            if st.plan is not None:
+                return st
+            reason = st.reason
+        self._warn_once(reason, f"mnv2_kernels: {name} runs its original (unfused) forward: {reason}")
+        return None
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"mnv2_kernels: torch.jit.script cannot compile {type(self).__name__} (its weight cache and "
+            "recognition are Python). Use torch.jit.trace(model.eval(), x) under torch.no_grad() (it records the "
+            "fused op with the folded weights as constants; load the result where mnv2_kernels is imported), "
+            "torch.export / torch.compile, or script the original, unfused model.")
 
 
 class FusedInvertedResidual(_FoldedModule):
@@ -100,16 +331,16 @@ class FusedInvertedResidual(_FoldedModule):
 
     Input: [N, Cin, H, W], float32 (any backend), float16/bfloat16 (CUDA, Triton; bfloat16 on CPU).
     Output: [N, Cout, Ho, Wo] in the input's memory format. Weights are folded in float64 and cast to the
-    input's dtype (so autocast works); the folded copy is refreshed whenever a parameter or BN buffer
-    changes (load_state_dict, optimiser steps, .to()).
+    input's dtype (so autocast works), cached per (device, dtype). Runs the original block's forward in
+    training mode, with gradients enabled, under ONNX export, and whenever one of its layers is in training
+    mode, has forward hooks or is no longer fusable (docs/CONTRACT.md, "Modules").
     """
 
     def __init__(self, block: nn.Module, plan: BlockPlan, backend: str = "auto"):
         if backend not in ops.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
-        super().__init__(block)
-        self.plan = plan
-        self.backend = backend
+        super().__init__(block, plan)
+        self.__dict__["backend"] = backend
 
     @classmethod
     def from_module(cls, block: nn.Module, backend: str = "auto") -> "FusedInvertedResidual":
@@ -126,47 +357,63 @@ class FusedInvertedResidual(_FoldedModule):
     def extra_repr(self) -> str:
         return f"{self.plan.describe()}, backend={self.backend!r}"
 
-    def _fold_paths(self) -> Tuple[str, ...]:
-        p = self.plan
-        return (*(p.expand or ()), *p.depthwise, *p.project)
+    def _recognize(self) -> BlockPlan:
+        return recognize_block(self._original)
 
-    def _fold(self, dtype: torch.dtype) -> FoldedBlock:
-        m = self._fold_targets()  # (expand conv, bn)?, dw conv, bn, project conv, bn
-        exp = (m[0], m[1]) if self.plan.expand is not None else None
+    def _plan_paths(self, plan: BlockPlan) -> Tuple[str, ...]:
+        return (*(plan.expand or ()), *plan.depthwise, *plan.project)
+
+    def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype) -> FoldedBlock:
+        m = targets  # (expand conv, bn)?, dw conv, bn, project conv, bn
+        exp = (m[0], m[1]) if len(m) == 6 else None
         return fold_block(exp, (m[-4], m[-3]), (m[-2], m[-1]), dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_original(x):
+        st = self._fused_structure(x)
+        if st is None:
             return self._original(x)
-        w = self.folded(x.dtype)
-        return ops.inverted_residual(x, *w, self.plan.stride, self.plan.residual, backend=self.backend)
+        w = self._folded(st, x.dtype, x.device)
+        return ops.inverted_residual(x, *w, st.plan.stride, st.plan.residual, backend=self.backend)
 
 
-_ACTIVATIONS: dict = {None: None, "relu": F.relu_, "relu6": lambda t: t.clamp_(0.0, 6.0)}
+_ACTIVATIONS: Dict[Optional[str], Optional[Callable]] = {
+    None: None, "relu": F.relu_, "relu6": lambda t: t.clamp_(0.0, 6.0)}
 
 
 class FoldedConvBNAct(_FoldedModule):
     """Eval-mode conv -> BN [-> ReLU | ReLU6] as one convolution with folded weights (any conv geometry)."""
 
     def __init__(self, module: nn.Module, plan: ConvBNPlan):
-        super().__init__(module)
-        self.plan = plan
+        super().__init__(module, plan)
 
     def extra_repr(self) -> str:
         return self.plan.describe()
 
-    def _fold_paths(self) -> Tuple[str, ...]:
-        return (self.plan.conv, self.plan.bn)
+    def _recognize(self) -> ConvBNPlan:
+        return recognize_conv_bn(self._original)
 
-    def _fold(self, dtype: torch.dtype):
-        w, b = fold_conv_bn(*self._fold_targets())
+    def _plan_paths(self, plan: ConvBNPlan) -> Tuple[str, ...]:
+        return (plan.conv, plan.bn)
+
+    def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype):
+        w, b = fold_conv_bn(*targets)
         return w.to(dtype), b.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_original(x):
+        st = self._fused_structure(x)
+        if st is None:
             return self._original(x)
-        w, b = self.folded(x.dtype)
-        conv = self._fold_targets()[0]
+        w, b = self._folded(st, x.dtype, x.device)
+        conv = st.targets[0]
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-        act: Optional[Callable] = _ACTIVATIONS[self.plan.activation]
+        act: Optional[Callable] = _ACTIVATIONS[st.plan.activation]
         return y if act is None else act(y)
+
+
+def refresh(model: nn.Module) -> nn.Module:
+    """Calls ``refresh()`` on every fused module of ``model`` (after edits PyTorch does not record, such as
+    ``p.data.mul_()`` or writes through ``.numpy()``, made while the model stays in eval mode)."""
+    for m in model.modules():
+        if isinstance(m, _FoldedModule):
+            m.refresh()
+    return model

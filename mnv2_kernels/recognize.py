@@ -58,11 +58,27 @@ class NotFusable(Exception):
 
 
 def _is_identity(m: nn.Module) -> bool:
-    return isinstance(m, _IDENTITY_TYPES) or type(m).__name__ == "DropPath"
+    """Identity in eval mode: nn.Identity / Dropout (not a subclass with its own forward), timm's DropPath."""
+    if type(m).__name__ == "DropPath":
+        return True
+    return any(isinstance(m, t) and type(m).forward is t.forward for t in _IDENTITY_TYPES)
 
 
 def _is_relu6(m) -> bool:
-    return isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0  # nn.ReLU6 is a Hardtanh
+    """nn.ReLU6 (a Hardtanh(0, 6)), or a Hardtanh(0, 6); a subclass with its own forward is not."""
+    return (isinstance(m, nn.Hardtanh) and type(m).forward is nn.Hardtanh.forward and m.min_val == 0.0
+            and m.max_val == 6.0)
+
+
+def _check_plain_modules(block: nn.Module) -> None:
+    """Refuses blocks whose layers do more than their class's forward: hooks, instance-level forwards."""
+    for path, m in block.named_modules():
+        where = path or "the block"
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise NotFusable(f"{where} ({type(m).__name__}) has forward hooks or pre-hooks (e.g. old-style "
+                             "weight_norm); the fused op would skip them")
+        if "forward" in m.__dict__:
+            raise NotFusable(f"{where} ({type(m).__name__}) has an instance-level forward")
 
 
 class _Tracer(torch.fx.Tracer):
@@ -74,8 +90,10 @@ def _bn_act(bn: nn.BatchNorm2d, path: str) -> List[tuple]:
     """A BN as tokens: plain BatchNorm2d, or a BN+activation module (timm's BatchNormAct2d: .drop, .act)."""
     if type(bn).forward is nn.BatchNorm2d.forward or type(bn).forward is nn.modules.batchnorm._BatchNorm.forward:
         return [("bn", path, bn)]
+    owner = next(c for c in type(bn).__mro__ if "forward" in c.__dict__)
     drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
-    if act is None or (drop is not None and not _is_identity(drop)):
+    if (owner.__name__ != "BatchNormAct2d" or not owner.__module__.startswith("timm.") or act is None
+            or (drop is not None and not _is_identity(drop))):
         raise NotFusable(f"{path}: BatchNorm subclass {type(bn).__name__} computes something else")
     tokens = [("bn", path, bn)]
     if not _is_identity(act):
@@ -85,6 +103,7 @@ def _bn_act(bn: nn.BatchNorm2d, path: str) -> List[tuple]:
 
 def _tokens(block: nn.Module) -> Tuple[List[tuple], bool]:
     """The block's forward as a list of (kind, path, module) tokens and whether it adds its input."""
+    _check_plain_modules(block)
     try:
         graph = _Tracer().trace(block)
     except Exception as exc:
@@ -131,8 +150,8 @@ def _tokens(block: nn.Module) -> Tuple[List[tuple], bool]:
 
 
 def _check_conv(conv: nn.Conv2d, path: str, kernel: int, depthwise: bool) -> int:
-    if type(conv).forward is not nn.Conv2d.forward:
-        raise NotFusable(f"{path} is a {type(conv).__name__}, which overrides Conv2d.forward "
+    if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+        raise NotFusable(f"{path} is a {type(conv).__name__}, which overrides Conv2d.forward or _conv_forward "
                          "(e.g. asymmetric 'same' padding)")
     if conv.kernel_size != (kernel, kernel):
         raise NotFusable(f"{path} has kernel size {conv.kernel_size}, expected {(kernel, kernel)}")
@@ -205,7 +224,8 @@ def recognize_conv_bn(module: nn.Module) -> ConvBNPlan:
     if residual or kinds not in (["conv", "bn"], ["conv", "bn", "act"]):
         raise NotFusable("not a conv -> bn [-> act] chain")
     (_, conv_path, conv), (_, bn_path, bn) = chain[:2]
-    if type(conv).forward is not nn.Conv2d.forward or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if (type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):
         raise NotFusable(f"{conv_path} computes more than a zero-padded convolution")
     _check_bn(bn, bn_path, conv.out_channels)
     act = None
