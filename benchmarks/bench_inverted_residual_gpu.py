@@ -1,12 +1,15 @@
 """Per-block GPU benchmark: the fused kernels against eager cuDNN, for every MobileNetV2 block shape.
 
-Batch 256, 224x224 network input, float16, channels_last. Variants per block:
-  triton            fused Triton kernel as registered (torch.ops.mnv2.inverted_residual_triton, depthwise="auto")
-  triton_gather     fused Triton kernel, depthwise taps by tl.gather on the expanded halo tile
-  triton_recompute  fused Triton kernel, depthwise by re-expanding the input at each tap
-  cuda              fused CUDA kernel (when torch.ops.mnv2.inverted_residual has a CUDA kernel)
+Batch 256, 224x224 network input, float16 (MNV2_BENCH_DTYPES="fp16 bf16" adds more), channels_last. Variants:
+  triton            every variant the Triton launcher's static_plans lists for the shape ("triton-ring", ...);
+                    the chosen one through torch.ops.mnv2.inverted_residual_triton, the others forced by name
+  cuda              the fused CUDA kernel (torch.ops.mnv2.inverted_residual), recorded under the variant name
+                    mnv2_kernels/cuda_plan.py's static_plans marks as chosen
   eager             the original block: Conv2d + BatchNorm2d + ReLU6 modules, eval, cuDNN
   eager_folded      the same with BatchNorm folded into the convs (F.conv2d chain with bias)
+With MNV2_GPU_RUN_RECORDS set, every measurement is appended to that file as one JSON line in the format of
+the static report's recorded runs (tools/gpu_static/runs.py; benchmarks/gpu_check.sh assembles them into
+benchmarks/gpu_runs/<date>-h200-<what>.json with tools/gpu_static/record.py).
 
 Times are medians of triton.testing.do_bench (CUDA events, L2 flushed between runs) and go into
 ``benchmark.extra_info`` with the achieved GB/s and TFLOP/s and the roofline floor (H200 figures below);
@@ -15,6 +18,7 @@ a markdown table row per benchmark is appended to that file.
 
     python -m pytest benchmarks/bench_inverted_residual_gpu.py --benchmark-columns=median,rounds
 """
+import json
 import os
 from typing import Callable, Tuple
 
@@ -24,6 +28,7 @@ from torch import nn
 
 import mnv2_kernels  # noqa: F401  (defines torch.ops.mnv2.*)
 from mnv2_kernels.folding import fold_block
+from mnv2_kernels.models.block_table import mobilenet_v2_blocks
 from mnv2_kernels.reference import inverted_residual_reference
 from mnv2_kernels.testing import randomize_bn_
 
@@ -34,12 +39,10 @@ PEAK_BYTES_PER_S = 4.3e12
 PEAK_FLOPS_PER_S = 800e12
 
 BATCH = 256
-DTYPE = torch.float16
-# (blocks, cin, t, cout, stride, input size); blocks 5-6, 8-10, 12-13, 15-16 repeat a shape (shared/NOTES.md).
-MBV2_BLOCKS = [("1", 32, 1, 16, 1, 112), ("2", 16, 6, 24, 2, 112), ("3", 24, 6, 24, 1, 56),
-               ("4", 24, 6, 32, 2, 56), ("5-6", 32, 6, 32, 1, 28), ("7", 32, 6, 64, 2, 28),
-               ("8-10", 64, 6, 64, 1, 14), ("11", 64, 6, 96, 1, 14), ("12-13", 96, 6, 96, 1, 14),
-               ("14", 96, 6, 160, 2, 14), ("15-16", 160, 6, 160, 1, 7), ("17", 160, 6, 320, 1, 7)]
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = [d for d in os.environ.get("MNV2_BENCH_DTYPES", "fp16").split() if d in _DTYPES] or ["fp16"]
+# (blocks, cin, t, cout, stride, input size) of the 12 distinct shapes, from the package's one block table.
+MBV2_BLOCKS = [(b.name, b.cin, b.chid // b.cin, b.cout, b.stride, b.h) for b in mobilenet_v2_blocks()]
 
 
 def block_cost(cin: int, chid: int, cout: int, stride: int, h: int, w: int, n: int, has_expand: bool,
@@ -107,7 +110,39 @@ def _has_cuda_kernel() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual", "CUDA")
 
 
-VARIANTS = ["triton", "triton_gather", "triton_recompute", "cuda", "eager", "eager_folded"]
+def _plans(backend: str, n, cin, chid, cout, h, stride, expand, residual, dtype):
+    """static_plans of a backend's launcher for this shape ([] when it has none)."""
+    try:
+        if backend == "triton":
+            from mnv2_kernels.triton import static_plans
+        else:
+            from mnv2_kernels.cuda_plan import static_plans
+    except ImportError:
+        return []
+    return static_plans(n, cin, chid, cout, h, h, stride, expand, residual, dtype)
+
+
+def _config(plan: dict) -> dict:
+    """The JSON-able part of a plan that identifies its configuration."""
+    keep = {}
+    for k in ("programs", "num_warps", "num_stages", "constexprs", "config", "plan", "smem_bytes", "symbol"):
+        if k in plan:
+            keep[k] = plan[k]
+    return json.loads(json.dumps(keep, default=str))
+
+
+def record(label: str, shape: dict, dtype_name: str, variant: str, backend: str, info: dict, **extra) -> None:
+    """Appends one measurement line to $MNV2_GPU_RUN_RECORDS (the static report's run format)."""
+    path = os.environ.get("MNV2_GPU_RUN_RECORDS")
+    if not path:
+        return
+    m = dict(block=label, shape=shape, batch=BATCH, dtype=dtype_name, layout="channels_last", variant=variant,
+             backend=backend, median_us=round(info["median_us"], 2), floor_us=round(info["floor_us"], 2), **extra)
+    with open(path, "a") as f:
+        f.write(json.dumps(m) + "\n")
+
+
+VARIANTS = ["triton", "cuda", "eager", "eager_folded"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,38 +153,61 @@ def _cudnn_benchmark():
     torch.backends.cudnn.benchmark = previous
 
 
+@pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("block", MBV2_BLOCKS, ids=lambda b: f"block{b[0]}")
-def test_block_gpu(benchmark, block, variant):
+def test_block_gpu(benchmark, block, variant, dtype_name):
     label, cin, t, cout, stride, h = block
+    dtype = _DTYPES[dtype_name]
     if variant == "cuda" and not _has_cuda_kernel():
         pytest.skip("the fused CUDA kernel is not built")
     model = randomize_bn_(OriginalBlock(cin, t, cout, stride), seed=1).eval()
-    model = model.to("cuda", DTYPE).to(memory_format=torch.channels_last)
-    x = torch.randn(BATCH, cin, h, h, device="cuda", dtype=DTYPE).contiguous(memory_format=torch.channels_last)
-    args = (x, *model.folded(DTYPE), stride, model.residual)
+    model = model.to("cuda", dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(BATCH, cin, h, h, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    args = (x, *model.folded(dtype), stride, model.residual)
+    shape = dict(cin=cin, chid=cin * t, cout=cout, h=h, w=h, stride=stride, has_expand=t != 1,
+                 residual=model.residual)
+    plans = _plans(variant, BATCH, cin, cin * t, cout, h, stride, t != 1, model.residual, dtype) \
+        if variant in ("triton", "cuda") else []
+    if variant == "cuda" and not plans:
+        pytest.skip(f"the CUDA launcher has no plan for {dtype_name}")
+    chosen = next((p for p in plans if p.get("chosen")), None)
     if variant == "eager":
         fn = lambda: model(x)  # noqa: E731
     elif variant == "eager_folded":
         fn = lambda: inverted_residual_reference(*args)  # noqa: E731
     elif variant == "cuda":
         fn = lambda: torch.ops.mnv2.inverted_residual(*args)  # noqa: E731
-    elif variant == "triton":
-        fn = lambda: torch.ops.mnv2.inverted_residual_triton(*args)  # noqa: E731
     else:
-        from mnv2_kernels.triton import inverted_residual_triton
-        mode = variant.split("_")[1]
-        fn = lambda: inverted_residual_triton(*args, depthwise=mode)  # noqa: E731
+        fn = lambda: torch.ops.mnv2.inverted_residual_triton(*args)  # noqa: E731
 
     def synced():
         fn()
         torch.cuda.synchronize()
 
+    nbytes_flops = block_cost(cin, cin * t, cout, stride, h, h, BATCH, t != 1, x.element_size())
     with torch.inference_mode():
         ms = time_ms(fn)
         benchmark.pedantic(synced, rounds=20, iterations=1, warmup_rounds=2)
-    info = roofline_info(ms, *block_cost(cin, cin * t, cout, stride, h, h, BATCH, t != 1, x.element_size()))
-    benchmark.extra_info.update(info, block=label, variant=variant, batch=BATCH, dtype=str(DTYPE))
+        info = roofline_info(ms, *nbytes_flops)
+        name = chosen["name"] if chosen else variant.replace("_", "-")
+        record(label, shape, dtype_name, name, variant if variant in ("triton", "cuda") else "torch", info,
+               **({"chosen": True, "config": _config(chosen)} if chosen else {}))
+        # The launcher's other variants, forced by name (Triton's `variant=` argument).
+        if variant == "triton":
+            from mnv2_kernels.triton import inverted_residual_triton
+            for p in plans:
+                if p is chosen:
+                    continue
+                short = p["name"].split("-", 1)[1]
+                try:
+                    other = time_ms(lambda: inverted_residual_triton(*args, variant=short))  # noqa: B023
+                except (ValueError, TypeError) as exc:
+                    print(f"block {label}: variant {p['name']} cannot be forced: {exc}")
+                    continue
+                record(label, shape, dtype_name, p["name"], "triton", roofline_info(other, *nbytes_flops),
+                       chosen=False, config=_config(p))
+    benchmark.extra_info.update(info, block=label, variant=variant, batch=BATCH, dtype=str(dtype))
     results = os.environ.get("MNV2_RESULTS")
     if results:
-        append_result_row(results, f"{label} ({cin}-{cin * t}-{cout}, s{stride}, {h}x{h})", variant, info)
+        append_result_row(results, f"{label} ({cin}-{cin * t}-{cout}, s{stride}, {h}x{h}) {dtype_name}", variant, info)
