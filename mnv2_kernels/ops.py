@@ -1,8 +1,10 @@
-"""The registered ops and the backend choice.
+"""The registered ops, and ``inverted_residual(..., backend=...)`` which runs one block on a backend.
 
 Layers (see docs/CONTRACT.md): kernels live in csrc/cpu, csrc/cuda and mnv2_kernels/triton; this module
-defines the op schemas (torch.library), their fake implementations (for torch.compile / torch.export), the
-Triton op's implementation, and ``inverted_residual(..., backend=...)`` which routes a call to one backend.
+defines the op schemas (torch.library), their fake implementations (for torch.compile / torch.export) and
+the Triton op's implementation. Which backend serves which device and dtype, and what "auto" picks, is the
+backend table in mnv2_kernels/backends.py; ``BACKENDS``, ``resolve_backend`` and
+``backend_unavailable_reason`` here are thin shims over it for older callers.
 
 Ops:
   torch.ops.mnv2.inverted_residual         CPU: fused C++ kernel (mnv2_kernels._C)
@@ -11,14 +13,11 @@ Ops:
 """
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Optional
 
 import torch
 
 from ._validate import check_inverted_residual_args, wants_channels_last
-from .reference import inverted_residual_reference
 
 _ARGS = ("(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, Tensor w_project, "
          "Tensor b_project, int stride, bool residual) -> Tensor")
@@ -28,15 +27,6 @@ _lib.define("inverted_residual" + _ARGS)
 _lib.define("inverted_residual_triton" + _ARGS)
 
 from . import _ext  # noqa: E402  (loads the C++ kernels, which register themselves for the schema above)
-
-BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
-# dtypes each kernel computes (an explicit backend given another dtype raises the kernel's own message;
-# "auto" skips it)
-KERNEL_DTYPES = {
-    "cpu": (torch.float32, torch.bfloat16),
-    "cuda": (torch.float16, torch.bfloat16),
-    "triton": (torch.float32, torch.float16, torch.bfloat16),
-}
 
 
 def _fake(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual):
@@ -51,7 +41,7 @@ torch.library.register_fake("mnv2::inverted_residual_triton", _fake, lib=_lib)
 if _ext.CPU_EXT is None:
     def _cpu_missing(*args):
         raise RuntimeError(f"mnv2.inverted_residual: the fused CPU kernel is not built ({_ext.CPU_EXT_ERROR}); "
-                           "reinstall with `pip install --no-build-isolation -e .`, or use backend='reference'")
+                           "rebuild with `pip install --no-build-isolation -e .`, or use backend='reference'")
     _lib.impl("inverted_residual", _cpu_missing, "CPU")
 
 
@@ -63,63 +53,43 @@ def _triton_impl(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride
 for _key in ("CPU", "CUDA"):
     _lib.impl("inverted_residual_triton", _triton_impl, _key)
 
+from . import backends  # noqa: E402  (the backend table; needs the ops above)
+
+BACKENDS = backends.NAMES  # ("auto", "cpu", "cuda", "triton", "reference")
+
 
 def triton_unavailable_reason(device: torch.device) -> Optional[str]:
-    """Why the Triton backend cannot serve tensors on ``device`` (None when it can)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"triton is not installed ({exc}); pip install triton"
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return ("Triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before importing "
-                "triton or mnv2_kernels")
-    if device.type not in ("cpu", "cuda"):
-        return f"Triton has no path for {device.type} tensors"
-    return None
+    """Why the Triton backend cannot run tensors on ``device`` (None when it can). Shim over the table."""
+    return backend_unavailable_reason("triton", device)
 
 
 def backend_unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
-    """Why ``backend`` cannot serve tensors on ``device`` (None when it can)."""
-    if backend == "reference":
+    """Why ``backend`` cannot run tensors on ``device`` whatever their dtype (None when it can); shim over
+    ``backends.ROWS[backend].not_supported_reasons(device)``. Raises ValueError for an unknown name."""
+    if backends.check_name(backend) == "auto":
         return None
-    if backend == "cpu":
-        if device.type != "cpu":
-            return f"backend='cpu' runs CPU tensors only, got a tensor on {device}"
-        return None if _ext.CPU_EXT is not None else f"the CPU extension is not built ({_ext.CPU_EXT_ERROR})"
-    if backend == "cuda":
-        if device.type != "cuda":
-            return f"backend='cuda' runs CUDA tensors only, got a tensor on {device}"
-        return None if _ext.CUDA_EXT is not None else f"the CUDA extension is not built ({_ext.CUDA_EXT_ERROR})"
-    if backend == "triton":
-        return triton_unavailable_reason(device)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-
-
-_warned_fallback = set()
+    reasons = backends.ROWS[backend].not_supported_reasons(device)
+    return "; ".join(reasons) if reasons else None
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
-    """Maps ``backend`` (one of BACKENDS) to the concrete backend used for tensors on ``device``.
+    """The name of the row ``backends.select(backend, device, dtype)`` picks (shim for older callers).
 
-    "auto" picks the fastest available kernel that computes ``dtype`` (when given): cpu -> C++ kernel;
-    cuda -> CUDA kernel, else Triton; and the plain PyTorch reference (with a one-time warning) when no
-    kernel is available. An explicit backend that cannot serve the device raises RuntimeError naming what
-    is missing.
+    Without ``dtype`` only the device and the environment are checked (nothing warns): "auto" names the first
+    row of its priority list that can run on ``device``; an explicit backend that cannot raises RuntimeError.
+    Errors: see ``backends.select``.
     """
-    if backend != "auto":
-        reason = backend_unavailable_reason(backend, device)
-        if reason is not None:
-            raise RuntimeError(f"mnv2_kernels: backend={backend!r} is unavailable: {reason}")
-        return backend
-    candidates = {"cpu": ("cpu", "triton"), "cuda": ("cuda", "triton")}.get(device.type, ())
-    for name in candidates:
-        if (dtype is None or dtype in KERNEL_DTYPES[name]) and backend_unavailable_reason(name, device) is None:
-            return name
-    if (device.type, dtype) not in _warned_fallback:
-        _warned_fallback.add((device.type, dtype))
-        warnings.warn(f"mnv2_kernels: no fused kernel serves {dtype or ''} {device.type} tensors here; using the "
-                      "plain PyTorch reference (correct, not faster)")
-    return "reference"
+    if dtype is not None:
+        return backends.select(backend, device, dtype).name
+    backends.check_name(backend)
+    device = torch.device(device)
+    if backend == "auto":
+        return next(n for n in backends.auto_priority(device) if not backends.ROWS[n].not_supported_reasons(device))
+    row = backends.ROWS[backend]
+    refusals = row._refusals(device, None)
+    if refusals:
+        raise backends._explicit_error(row, device, None, refusals)
+    return backend
 
 
 def inverted_residual(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
@@ -127,18 +97,16 @@ def inverted_residual(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expan
                       stride: int, residual: bool, backend: str = "auto") -> torch.Tensor:
     """One eval-mode inverted-residual block from folded weights, on the chosen backend.
 
-    Shapes (docs/CONTRACT.md): x [N, Cin, H, W] float32/float16/bfloat16 (the CPU kernel: float32, bfloat16);
-    w_expand [Chid, Cin] or None; b_expand [Chid] or None; w_dw [Chid, 3, 3]; b_dw [Chid]; w_project
-    [Cout, Chid]; b_project [Cout]; all weights in x's dtype and on x's device. stride 1 or 2; residual only
-    with stride 1 and Cin == Cout. Returns [N, Cout, (H-1)//stride+1, (W-1)//stride+1] in x's memory format.
-    Raises ValueError/TypeError/RuntimeError with what was expected and got; RuntimeError when ``backend``
-    cannot serve x's device.
+    Shapes (docs/CONTRACT.md): x [N, Cin, H, W]; w_expand [Chid, Cin] or None; b_expand [Chid] or None;
+    w_dw [Chid, 3, 3]; b_dw [Chid]; w_project [Cout, Chid]; b_project [Cout]; all weights in x's dtype and on
+    x's device. stride 1 or 2; residual only with stride 1 and Cin == Cout. Returns
+    [N, Cout, (H-1)//stride+1, (W-1)//stride+1] in x's memory format. dtypes: float32, float16, bfloat16
+    (float64 on the reference); which backend computes which: mnv2_kernels/backends.py.
+    ``backend``: one of BACKENDS; the row is ``backends.select(backend, x.device, x.dtype)``.
+
+    Raises ValueError (bad shape, device, stride, residual; unknown backend), TypeError (x not floating
+    point, weights in another dtype, a dtype the backend's kernel lacks) or RuntimeError (the backend cannot
+    run on x's device here), each saying what was expected, what came and what to do.
     """
-    name = resolve_backend(backend, x.device, x.dtype)
-    args = (x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
-    if name == "reference":
-        check_inverted_residual_args(*args)
-        return inverted_residual_reference(*args)
-    if name == "triton":
-        return torch.ops.mnv2.inverted_residual_triton(*args)
-    return torch.ops.mnv2.inverted_residual(*args)
+    return backends.select(backend, x.device, x.dtype).run(x, w_expand, b_expand, w_dw, b_dw, w_project,
+                                                           b_project, stride, residual)

@@ -203,38 +203,38 @@ def test_bfloat16(block, layout):
 # ------------------------------------------------------------------------------------------------------------
 def test_error_3d_input():
     ws = make_weights(24, 6, 24)
-    with pytest.raises(RuntimeError, match=r"x must be a 4-D \(N, C, H, W\) tensor, got 3-D"):
+    with pytest.raises(ValueError, match=r"x must be a 4-D \(N, C, H, W\) tensor, got 3-D"):
         op(torch.randn(24, 8, 8), *ws, 1, True)
 
 
 def test_error_wrong_channel_count():
     ws = make_weights(24, 6, 24)
-    with pytest.raises(RuntimeError, match="block expects 24 input channels, got 15"):
+    with pytest.raises(ValueError, match="block expects 24 input channels, got 15"):
         op(torch.randn(2, 15, 8, 8), *ws, 1, False)
     ws = make_weights(24, None, 24)
-    with pytest.raises(RuntimeError, match="block expects 24 input channels, got 15"):
+    with pytest.raises(ValueError, match="block expects 24 input channels, got 15"):
         op(torch.randn(2, 15, 8, 8), *ws, 1, False)
 
 
 def test_error_weight_dtype_mismatch():
     ws = make_weights(24, 6, 24)
     ws[4] = ws[4].double()
-    with pytest.raises(RuntimeError, match="w_project is .* but x is .*; call .to"):
+    with pytest.raises(TypeError, match="w_project is .* but x is .*; call .to"):
         op(torch.randn(2, 24, 8, 8), *ws, 1, True)
 
 
 def test_error_float16_and_float64_inputs():
     ws = make_weights(24, 6, 24, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match="the CPU kernel supports float32 and bfloat16, got torch.float16"):
+    with pytest.raises(TypeError, match="the CPU kernel supports torch.float32 and torch.bfloat16, got torch.float16"):
         op(torch.randn(2, 24, 8, 8).half(), *ws, 1, True)
     ws = make_weights(24, 6, 24, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="the CPU kernel supports float32 and bfloat16, got torch.float64"):
+    with pytest.raises(TypeError, match="the CPU kernel supports torch.float32 and torch.bfloat16, got torch.float64"):
         op(torch.randn(2, 24, 8, 8).double(), *ws, 1, True)
 
 
 def test_error_bad_stride_and_residual():
     ws = make_weights(24, 6, 24)
-    with pytest.raises(RuntimeError, match="stride must be 1 or 2, got 3"):
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
         op(torch.randn(1, 24, 8, 8), *ws, 3, False)
-    with pytest.raises(RuntimeError, match="residual needs stride 1"):
+    with pytest.raises(ValueError, match="residual needs stride 1"):
         op(torch.randn(1, 24, 8, 8), *ws, 2, True)

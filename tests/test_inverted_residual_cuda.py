@@ -230,18 +230,18 @@ def test_errors():
     for i, name in [(1, "w_expand"), (3, "w_dw"), (5, "w_project"), (6, "b_project")]:
         bad = list(args)
         bad[i] = args[i].cpu()
-        with pytest.raises(RuntimeError, match=rf"{name} is on cpu but x is on cuda:\d"):
+        with pytest.raises(ValueError, match=rf"{name} is on cpu but x is on cuda:\d"):
             _run(bad)
-        with pytest.raises(RuntimeError, match=rf"{name} is on cpu but x is on cuda:\d"):
+        with pytest.raises(ValueError, match=rf"{name} is on cpu but x is on cuda:\d"):
             torch.ops.mnv2.inverted_residual(*bad)
     # x on the CPU, weights on the GPU: the CUDA kernel is dispatched and says what is wrong
-    with pytest.raises(RuntimeError, match=r"is on cuda:\d but x is on cpu"):
+    with pytest.raises(ValueError, match=r"is on cuda:\d but x is on cpu"):
         torch.ops.mnv2.inverted_residual(args[0].cpu(), *args[1:])
-    with pytest.raises(RuntimeError, match=r"supports float16 and bfloat16, got torch.float32"):
+    with pytest.raises(TypeError, match=r"supports torch.float16 and torch.bfloat16, got torch.float32"):
         _run(random_block_args(24, 144, 24, n=1, dtype=torch.float32, device="cuda"))
     bad = list(args)
     bad[5] = args[5].to(torch.bfloat16)
-    with pytest.raises(RuntimeError, match=r"w_project is .*but x is"):
+    with pytest.raises(TypeError, match=r"w_project is .*but x is"):
         _run(bad)
 
 

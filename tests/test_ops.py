@@ -1,4 +1,7 @@
-"""The registered op: routing between backends, validation and errors, opcheck, torch.export."""
+"""The registered op: routing between backends, validation and errors, opcheck, torch.export.
+
+The backend table itself: tests/test_backends.py; the Python and C++ error paths compared: tests/test_errors.py.
+"""
 import pytest
 import torch
 
@@ -22,41 +25,48 @@ def test_backends_compute_the_contract(backend):
     _check(ops.inverted_residual(*args, backend=backend), args)
 
 
-def test_resolve_backend():
+def test_resolve_backend_shim():
     cpu = torch.device("cpu")
     assert ops.resolve_backend("auto", cpu) == "cpu"
+    assert ops.resolve_backend("auto", cpu, torch.bfloat16) == "cpu"
     assert ops.resolve_backend("reference", cpu) == "reference"
     with pytest.raises(RuntimeError, match="backend='cuda' is unavailable"):
         ops.resolve_backend("cuda", cpu)
     with pytest.raises(ValueError, match="unknown backend"):
         ops.resolve_backend("npu", cpu)
+    assert ops.BACKENDS == ("auto", "cpu", "cuda", "triton", "reference")
+    assert ops.backend_unavailable_reason("cpu", cpu) is None
+    assert "CUDA tensors only" in ops.backend_unavailable_reason("cuda", cpu)
 
 
 @pytest.mark.parametrize("op", [torch.ops.mnv2.inverted_residual, ops.inverted_residual])
 def test_errors_say_what_to_do(op):
     args = list(random_block_args(24, 144, 24, residual=True))
     x = args[0]
-    with pytest.raises((RuntimeError, ValueError), match=r"block expects 24 input channels, got 15"):
+    with pytest.raises(ValueError, match=r"block expects 24 input channels, got 15"):
         op(torch.randn(2, 15, 9, 9), *args[1:])
-    with pytest.raises((RuntimeError, ValueError), match=r"4-D \(N, C, H, W\) tensor, got 3-D"):
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\) tensor, got 3-D; add a batch dimension"):
         op(x[0], *args[1:])
-    with pytest.raises((RuntimeError, TypeError), match=r"w_dw is .*[Dd]ouble|w_dw is torch.float64"):
+    with pytest.raises(TypeError, match=r"w_dw is torch.float64 but x is torch.float32; call .to\(torch.float32\)"):
         op(x, *args[1:3], args[3].double(), *args[4:])
-    with pytest.raises((RuntimeError, ValueError), match=r"w_project is on meta but x is on cpu"):
+    with pytest.raises(ValueError, match=r"w_project is on meta but x is on cpu"):
         op(x, *args[1:5], args[5].to("meta"), *args[6:])
-    with pytest.raises((RuntimeError, ValueError), match=r"stride must be 1 or 2, got 3"):
+    with pytest.raises(ValueError, match=r"stride must be 1 or 2, got 3"):
         op(*args[:7], 3, False)
-    with pytest.raises((RuntimeError, ValueError), match=r"residual needs stride 1"):
+    with pytest.raises(ValueError, match=r"residual needs stride 1"):
         op(*args[:7], 2, True)
+    with pytest.raises(TypeError, match=r"x must be a floating-point tensor .*got torch.int64"):
+        op(x.long(), *args[1:])
     snapshot = x.clone()
-    with pytest.raises((RuntimeError, ValueError)):
+    with pytest.raises(ValueError):
         op(x, *args[1:5], args[5][:, :-1].contiguous(), *args[6:])
     assert torch.equal(x, snapshot)
 
 
 def test_cpu_kernel_rejects_float16_clearly():
     args = random_block_args(8, 16, 8, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match="float16"):
+    with pytest.raises(TypeError, match=r"the CPU kernel supports torch.float32 and torch.bfloat16, got "
+                                        r"torch.float16; convert the input and the module with .to\(torch.float32\)"):
         ops.inverted_residual(*args, backend="cpu")
 
 

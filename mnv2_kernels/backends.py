@@ -1,0 +1,307 @@
+"""The backend table: which kernel serves which (device, dtype), and what backend="auto" picks.
+
+In the style of xformers' attention dispatch: one row per backend says which devices and dtypes its kernel
+computes and, for a given (device, dtype), every reason it cannot serve it (``not_supported_reasons``);
+"auto" walks a per-device priority list and takes the first row with no reason; a request nothing can
+serve raises an error that lists each row's reasons.
+
+    row = select("auto", x.device, x.dtype)     # cheap: cached per (name, device, dtype)
+    y = row.run(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
+
+Rows (the one place that says which dtypes each kernel computes; the C++ bindings check the same lists):
+
+  name       devices  dtypes                               op it calls
+  cpu        cpu      float32, bfloat16                    torch.ops.mnv2.inverted_residual (extension _C)
+  cuda       cuda     _CUDA_DTYPES below                   torch.ops.mnv2.inverted_residual (extension _C_cuda)
+  triton     cuda     float16, bfloat16, float32           torch.ops.mnv2.inverted_residual_triton
+             cpu      float32, float16 (the interpreter;   (compiled kernel on CUDA, interpreter on CPU)
+                      bfloat16 refused: Triton 3.8's
+                      interpreter computes bf16 tl.dot
+                      wrongly)
+  reference  any      float32, float16, bfloat16, float64  plain PyTorch (mnv2_kernels.reference)
+
+"auto" priority, per device type (AUTO_PRIORITY): cpu -> cpu, reference; cuda -> cuda, triton, reference;
+any other device -> reference. Falling back to the reference warns once per (device, dtype)
+(ReferenceFallbackWarning), naming why each kernel refused. Why the order:
+
+* The Triton interpreter is never picked by "auto": it is a test vehicle, hundreds of times slower than
+  the reference. Ask for it with backend="triton".
+* bfloat16 on the CPU: the CPU kernel converts bfloat16 to float32 on load and computes in float32, so it
+  serves bfloat16 faster than the reference (PyTorch's own bfloat16 convolutions) on every CPU measured;
+  "auto" picks it. But on a CPU without AVX512-BF16 / AMX, a bfloat16 model is about 3.5x slower than the
+  same model in float32 (the conversions, and the unfused layers around the blocks running PyTorch's
+  bfloat16 kernels): for speed on such a CPU run the model in float32. "auto" cannot change x's dtype.
+
+Errors (exception type by mistake, as everywhere in the package): an unknown backend name is a ValueError
+(listing the choices; checked in one place, ``check_name``); x's dtype not floating point, or a dtype the
+requested backend's kernel does not compute, is a TypeError; a backend that cannot run on x's device or is
+not available here (extension not built, triton missing, interpreter off) is a RuntimeError.
+
+Caching: ``select`` remembers its answer per (name, device, dtype) for the life of the process (thread-safe).
+Availability is read once then: the extensions load when mnv2_kernels is imported, and Triton's interpreter
+is chosen (TRITON_INTERPRET=1) when triton first compiles the kernel module, so a later change of the
+environment does not change what runs; ``clear_cache()`` makes ``select`` look again.
+
+Adding a backend: register its op (mnv2_kernels/ops.py), add one row to ``ROWS`` and, if "auto" should
+use it, its name to ``AUTO_PRIORITY``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+import torch
+
+from . import _ext
+from ._validate import FLOATING_DTYPES, check_inverted_residual_args, check_x_dtype, kernel_dtype_message
+from .reference import inverted_residual_reference
+
+__all__ = ["Backend", "ROWS", "NAMES", "AUTO_PRIORITY", "ReferenceFallbackWarning", "select", "check_name",
+           "clear_cache"]
+
+_F32, _F16, _BF16 = torch.float32, torch.float16, torch.bfloat16
+# The CUDA kernel's dtypes (csrc/cuda/inverted_residual_binding.cpp checks the same list).
+_CUDA_DTYPES = (_F16, _BF16)
+
+DeviceLike = Union[torch.device, str]
+
+
+class ReferenceFallbackWarning(UserWarning):
+    """backend="auto" found no fused kernel for a (device, dtype) and runs the plain PyTorch reference."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One row of the table.
+
+    name: the ``backend=`` value. kernel: how messages name its kernel ("CPU", "CUDA", "Triton").
+    dtypes: device type -> dtypes the kernel computes ("*" = any device). notes: (device type, dtype) ->
+    why that pair is refused (instead of the generic message). unavailable: device -> why this backend
+    cannot run here at all (extension not built, ...), None when it can. op: what ``run`` calls.
+    """
+    name: str
+    kernel: str
+    dtypes: Mapping[str, Tuple[torch.dtype, ...]]
+    op: Callable[..., torch.Tensor] = field(repr=False)
+    unavailable: Callable[[torch.device], Optional[str]] = field(repr=False, default=lambda device: None)
+    notes: Mapping[Tuple[str, torch.dtype], str] = field(default_factory=dict, repr=False)
+
+    @property
+    def devices(self) -> Tuple[str, ...]:
+        """Device types the backend runs ("*" = any)."""
+        return tuple(self.dtypes)
+
+    def dtypes_on(self, device: DeviceLike) -> Tuple[torch.dtype, ...]:
+        """The dtypes the backend computes on ``device`` (empty when it does not run there)."""
+        kind = torch.device(device).type
+        return tuple(self.dtypes.get(kind, self.dtypes.get("*", ())))
+
+    def _refusals(self, device: torch.device, dtype: Optional[torch.dtype]) -> List[Tuple[Type[Exception], str]]:
+        if "*" not in self.dtypes and device.type not in self.dtypes:
+            kinds = " and ".join(k.upper() for k in self.dtypes)
+            return [(RuntimeError, f"it runs {kinds} tensors only, got a tensor on {device}")]
+        out: List[Tuple[Type[Exception], str]] = []
+        why = self.unavailable(device)
+        if why is not None:
+            out.append((RuntimeError, why))
+        if dtype is not None and dtype not in self.dtypes_on(device):
+            note = self.notes.get((device.type, dtype))
+            out.append((TypeError, note or kernel_dtype_message(self.kernel, self.dtypes_on(device), dtype)))
+        return out
+
+    def not_supported_reasons(self, device: DeviceLike, dtype: Optional[torch.dtype] = None) -> List[str]:
+        """Every reason this backend cannot serve ``dtype`` tensors on ``device`` (empty when it can).
+        With ``dtype=None`` only the device and the environment are checked."""
+        return [text for _, text in self._refusals(torch.device(device), dtype)]
+
+    def run(self, x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
+            w_dw: torch.Tensor, b_dw: torch.Tensor, w_project: torch.Tensor, b_project: torch.Tensor,
+            stride: int, residual: bool) -> torch.Tensor:
+        """One block on this backend. Arguments and result: docs/CONTRACT.md (validated by the op: ValueError /
+        TypeError). Does not re-check that the backend serves x's device and dtype: ``select`` did."""
+        return self.op(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Availability checks (why a backend cannot run here at all)
+# ----------------------------------------------------------------------------------------------------------
+_REBUILD = "rebuild with `pip install --no-build-isolation -e .` in an environment that has torch"
+
+
+def _cpu_unavailable(device: torch.device) -> Optional[str]:
+    if _ext.CPU_EXT is None:
+        return f"the CPU extension is not built ({_ext.CPU_EXT_ERROR}); {_REBUILD}"
+    return None
+
+
+def _cuda_unavailable(device: torch.device) -> Optional[str]:
+    if _ext.CUDA_EXT is None:
+        return (f"the CUDA extension is not built ({_ext.CUDA_EXT_ERROR}); {_REBUILD}, a CUDA build of torch "
+                "and nvcc (MNV2_BUILD_CUDA=1)")
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"the CUDA kernel needs compute capability 8.0 or newer, {device} has {major}.{minor}"
+    return None
+
+
+def _triton_interpreter_active() -> bool:
+    """Whether the Triton kernel was compiled for the interpreter (fixed when its module was imported)."""
+    from . import triton as launcher_pkg
+
+    launcher = sys.modules.get(getattr(launcher_pkg.inverted_residual_triton, "__module__", ""))
+    active = getattr(launcher, "_interpreter_active", None)
+    if active is not None:
+        return bool(active())
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_unavailable(device: torch.device) -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc}); pip install triton"
+    if device.type == "cpu" and not _triton_interpreter_active():
+        return ("Triton runs CPU tensors only in its interpreter, which is off: set TRITON_INTERPRET=1 before "
+                "mnv2_kernels (and triton) is first imported")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ops each row calls
+# ----------------------------------------------------------------------------------------------------------
+def _fused_op(*args):
+    return torch.ops.mnv2.inverted_residual(*args)
+
+
+def _triton_op(*args):
+    return torch.ops.mnv2.inverted_residual_triton(*args)
+
+
+def _reference_op(*args):
+    check_inverted_residual_args(*args)
+    return inverted_residual_reference(*args)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------------------
+ROWS: Dict[str, Backend] = {
+    "cpu": Backend("cpu", "CPU", {"cpu": (_F32, _BF16)}, _fused_op, _cpu_unavailable),
+    "cuda": Backend("cuda", "CUDA", {"cuda": _CUDA_DTYPES}, _fused_op, _cuda_unavailable),
+    "triton": Backend(
+        "triton", "Triton", {"cuda": (_F16, _BF16, _F32), "cpu": (_F32, _F16)}, _triton_op, _triton_unavailable,
+        notes={("cpu", _BF16): "Triton 3.8's interpreter computes bfloat16 tl.dot wrongly, so the Triton kernel "
+                               "refuses bfloat16 CPU tensors; use torch.float32 or torch.float16 (or a CUDA "
+                               "device), or backend='cpu'"}),
+    "reference": Backend("reference", "reference", {"*": FLOATING_DTYPES}, _reference_op),
+}
+NAMES: Tuple[str, ...] = ("auto",) + tuple(ROWS)
+# backend="auto": rows tried in order for each device type; the first that serves (device, dtype) wins.
+AUTO_PRIORITY: Dict[str, Tuple[str, ...]] = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+_AUTO_OTHER = ("reference",)
+
+
+def check_name(backend: str) -> str:
+    """Returns ``backend`` if it is one of NAMES, else raises ValueError listing the choices."""
+    if not isinstance(backend, str) or backend not in NAMES:
+        raise ValueError(f"mnv2_kernels: unknown backend {backend!r}; choose one of "
+                         f"{', '.join(repr(n) for n in NAMES)}")
+    return backend
+
+
+def auto_priority(device: DeviceLike) -> Tuple[str, ...]:
+    """The rows backend="auto" tries for tensors on ``device``, in order."""
+    return AUTO_PRIORITY.get(torch.device(device).type, _AUTO_OTHER)
+
+
+def _dtype_str(dtype: Optional[torch.dtype]) -> str:
+    return f"{dtype} tensors" if dtype is not None else "tensors"
+
+
+def _reason_lines(names: Sequence[str], device: torch.device, dtype: Optional[torch.dtype]) -> List[str]:
+    return [f"  {n}: {'; '.join(ROWS[n].not_supported_reasons(device, dtype))}" for n in names]
+
+
+def _explicit_error(row: Backend, device: torch.device, dtype: Optional[torch.dtype],
+                    refusals: List[Tuple[Type[Exception], str]]) -> Exception:
+    exc_type = TypeError if all(t is TypeError for t, _ in refusals) else RuntimeError
+    lines = [f"mnv2_kernels: backend={row.name!r} is unavailable for {_dtype_str(dtype)} on {device}: "
+             + "; ".join(text for _, text in refusals)]
+    serving = [n for n, r in ROWS.items() if n != row.name and not r._refusals(device, dtype)]
+    refusing = [n for n, r in ROWS.items() if n != row.name and r._refusals(device, dtype)]
+    if serving:
+        auto = next(n for n in auto_priority(device) + tuple(ROWS) if n in serving)
+        lines.append(f"Backends that serve them: {', '.join(repr(n) for n in serving)} (backend='auto' picks "
+                     f"{auto!r}).")
+    if refusing:
+        lines.append("The other backends refuse them:")
+        lines += _reason_lines(refusing, device, dtype)
+    return exc_type("\n".join(lines))
+
+
+_warned: set = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_fallback(device: torch.device, dtype: torch.dtype) -> None:
+    key = (str(device), dtype)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    kernels = [n for n in ROWS if n != "reference"]
+    warnings.warn("\n".join(
+        [f"mnv2_kernels: no fused kernel serves {dtype} tensors on {device}, so backend='auto' runs the plain "
+         "PyTorch reference (correct, not faster). Why each kernel refused:"]
+        + _reason_lines(kernels, device, dtype)
+        + ["(Shown once per device and dtype.)"]), ReferenceFallbackWarning, stacklevel=4)
+
+
+@functools.lru_cache(maxsize=None)
+def _select(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    check_x_dtype(dtype)
+    if name != "auto":
+        row = ROWS[name]
+        refusals = row._refusals(device, dtype)
+        if refusals:
+            raise _explicit_error(row, device, dtype, refusals)
+        return row
+    for n in auto_priority(device):
+        if not ROWS[n]._refusals(device, dtype):
+            if n == "reference":
+                _warn_fallback(device, dtype)
+            return ROWS[n]
+    lines = [f"mnv2_kernels: no backend serves {dtype} tensors on {device}:"] + _reason_lines(list(ROWS), device,
+                                                                                              dtype)
+    raise RuntimeError("\n".join(lines))
+
+
+def select(backend: str, device: DeviceLike, dtype: torch.dtype) -> Backend:
+    """The row that runs ``dtype`` tensors on ``device`` for ``backend`` (one of NAMES).
+
+    "auto" picks the first row of ``auto_priority(device)`` that serves them (the reference last, with one
+    ReferenceFallbackWarning per (device, dtype)). Cheap: cached per (backend, device, dtype); see the module
+    docstring for when availability is read.
+
+    Raises:
+        ValueError: unknown ``backend`` (the message lists the choices).
+        TypeError: ``dtype`` is not floating point, or the requested backend's kernel does not compute it
+            (and nothing else stops it); the message lists what each backend says.
+        RuntimeError: the requested backend cannot run on ``device`` or is not available here; the message
+            lists every backend's reasons and which backends can serve the input.
+    """
+    return _select(check_name(backend), torch.device(device), dtype)
+
+
+def clear_cache() -> None:
+    """Forget ``select``'s answers (the fallback warning stays once per process)."""
+    _select.cache_clear()
