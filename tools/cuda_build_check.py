@@ -1,19 +1,32 @@
 #!/usr/bin/env python3
-"""Compile-only check of the fused CUDA kernel (csrc/cuda/inverted_residual_cuda.cu); needs nvcc, no GPU, no torch.
+"""Compile-only check and static H200 prediction of the fused CUDA kernel (csrc/cuda/inverted_residual_cuda.cu);
+needs nvcc, no GPU.
 
-Compiles the .cu alone for sm_80 and sm_90a (-O3, -Xptxas -v) into a temporary directory, parses the ptxas
-report and prints one row per kernel instantiation and arch: registers, static shared memory, stack frame,
-spill stores / loads. (The kernel's shared memory is dynamic, sized per block shape at launch; the table below
-it lists those sizes for the MobileNetV2 block shapes when the host can run a small host-only program.)
+Check (default): compiles the .cu alone for sm_80 and sm_90a with setup.py's nvcc flags and torch's
+half-operator defines, -Xptxas -v, prints one row per kernel instantiation and arch (registers, stack frame,
+spill stores / loads), the launch plan of every MobileNetV2 block shape (mnv2_kernels/cuda_plan.py, the Python
+mirror of the C++ plan) and fails on any spill or local-memory use.
 
-Exit status: 0 when everything compiled without spills; 1 on any spill (stores or loads > 0); 2 on a compile
-error or when nvcc is missing or ptxas reported nothing.
+Predict (--predict): disassembles the sm_90a cubin (nvdisasm -gi, line info), assigns every SASS instruction
+to a kernel phase (load_rows, expand_chunk, depthwise_chunk, project, kernel body) by its innermost source line,
+finds the loops from backward branches, weights each instruction by the trip count of its loop from the plan's
+schedule (cuda_plan.schedule) and applies the issue model of docs/CUDA_KERNEL.md:
+    issue µs   = warp-instructions of the busiest SM / (4 schedulers x 1.98 GHz)
+    predicted  = max(2.71 x issue, DRAM floor (fused bytes / 4.3 TB/s), tensor floor (mma.sync 2048 flop/clk/SM))
+and prints per block: registers, shared memory, CTAs/SM, the plan, predicted µs, eager µs (RESULTS.md, H200,
+batch 256 fp16 channels_last) and the predicted speed-up, plus the geometric means.
 
-    python tools/cuda_build_check.py [--nvcc PATH] [--fast-math] [--keep]
+Exit status: 0 when everything compiled without spills or local memory; 1 on a spill / local memory; 2 on a
+compile error or a missing tool.
+
+    python tools/cuda_build_check.py [--nvcc PATH] [--predict [--json OUT]] [--keep]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import math
 import os
 import re
 import shutil
@@ -25,11 +38,22 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "csrc", "cuda", "inverted_residual_cuda.cu")
 GENCODE = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+# setup.py's nvcc flags, plus the defines torch's CUDAExtension adds (no implicit half conversions)
+FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+         "-D__CUDA_NO_HALF2_OPERATORS__"]
 
-# MobileNetV2 block shapes (Cin, Chid, Cout, stride, has_expand): shared/NOTES.md section 2 (+ t=1 without expand).
-SHAPES = [(32, 32, 16, 1, 0), (32, 32, 16, 1, 1), (16, 96, 24, 2, 1), (24, 144, 24, 1, 1), (24, 144, 32, 2, 1),
-          (32, 192, 32, 1, 1), (32, 192, 64, 2, 1), (64, 384, 64, 1, 1), (64, 384, 96, 1, 1), (96, 576, 96, 1, 1),
-          (96, 576, 160, 2, 1), (160, 960, 160, 1, 1), (160, 960, 320, 1, 1)]
+# MobileNetV2 blocks (shared/NOTES.md section 2 numbering): name, Cin, Chid, Cout, H (= W), stride, residual, repeats,
+# eager µs (RESULTS.md, H200, batch 256, fp16, channels_last).
+BLOCKS = [("1", 32, 32, 16, 112, 1, False, 1, 1027), ("2", 16, 96, 24, 112, 2, False, 1, 1613),
+          ("3", 24, 144, 24, 56, 1, True, 1, 1183), ("4", 24, 144, 32, 56, 2, False, 1, 727),
+          ("5-6", 32, 192, 32, 28, 1, True, 2, 400), ("7", 32, 192, 64, 28, 2, False, 1, 293),
+          ("8-10", 64, 384, 64, 14, 1, True, 3, 394), ("11", 64, 384, 96, 14, 1, False, 1, 212),
+          ("12-13", 96, 576, 96, 14, 1, True, 2, 327), ("14", 96, 576, 160, 14, 2, False, 1, 199),
+          ("15-16", 160, 960, 160, 7, 1, True, 2, 279), ("17", 160, 960, 320, 7, 1, False, 1, 209)]
+
+H200 = dict(sms=132, clk_ghz=1.98, dram_Bps=4.3e12, hmma_flop_per_clk=2048, smem_optin=232448)
+CALIBRATION = 2.71  # measured / issue-bound time of the first H200 run (docs/CUDA_KERNEL.md)
 
 RE_COMPILING = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
 RE_PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -37,8 +61,14 @@ RE_USED = re.compile(r"Used (\d+) registers")
 RE_SMEM = re.compile(r"(\d+) bytes smem")
 
 
+def load_cuda_plan():
+    spec = importlib.util.spec_from_file_location("cuda_plan", os.path.join(ROOT, "mnv2_kernels", "cuda_plan.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def demangle(names):
-    """Readable names through c++filt when available (else the mangled ones)."""
     tool = shutil.which("c++filt") or shutil.which("cu++filt")
     if not tool or not names:
         return {n: n for n in names}
@@ -75,34 +105,219 @@ def parse_ptxas(text):
     return rows
 
 
-def smem_table(nvcc, obj_dir, flags):
-    """Dynamic shared memory per MobileNetV2 block shape, from the launcher's own size function (host only)."""
-    src = os.path.join(obj_dir, "smem_main.cpp")
-    exe = os.path.join(obj_dir, "smem_main")
-    with open(src, "w") as f:
-        f.write('#include "inverted_residual_cuda.cuh"\n#include <cstdio>\nint main() {\n')
-        for cin, chid, cout, s, e in SHAPES:
-            f.write(f'  std::printf("%zu\\n", mnv2_ir_cuda_smem_bytes({cin}, {chid}, {cout}, {s}, {e}));\n')
-        f.write("  return 0;\n}\n")
-    cmd = [nvcc, "-std=c++17", "-O1", "-gencode=arch=compute_80,code=sm_80", "-I", os.path.dirname(SOURCE),
-           src, SOURCE, "-o", exe] + flags
+def find_tool(name):
+    cands = [shutil.which(name), os.path.join("/usr/local/cuda/bin", name)]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            return None, "host program did not build: " + r.stderr.strip()[-400:]
-        r = subprocess.run([exe], capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            return None, f"host program exited {r.returncode}"
-        return [int(v) for v in r.stdout.split()], None
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+        import triton  # bundles nvdisasm / cuobjdump
+        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name))
+    except ImportError:
+        pass
+    for c in cands:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SASS analysis
+
+PHASES = [("load_rows", r"void load_rows\("), ("expand", r"void expand_chunk\("), ("dw", r"void depthwise_chunk\("),
+          ("project", r"void project\("), ("kernel", r"mnv2_ir_ring_kernel\(const Params"), ("host", r"^// Host side")]
+
+
+def phase_ranges(src_path):
+    lines = open(src_path).read().splitlines()
+    starts = []
+    for name, pat in PHASES:
+        for i, l in enumerate(lines, 1):
+            if re.search(pat, l):
+                starts.append((i, name))
+                break
+        else:
+            raise RuntimeError(f"{name} not found in {src_path}")
+    starts.sort()
+    return [(a, starts[k + 1][0] if k + 1 < len(starts) else 10 ** 9, n) for k, (a, n) in enumerate(starts)]
+
+
+def disassemble(cubin, nvdisasm, src_path):
+    """{function: [(addr, opcode, operands, phase)]}, {function: [(start, end)]} (loops from backward branches)."""
+    out = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True, text=True, check=True).stdout
+    ranges = phase_ranges(src_path)
+    base = os.path.basename(src_path)
+
+    def phase_of(line_nums):
+        for ln in line_nums:  # innermost first; the first that lies in a phase function decides
+            for a, b, n in ranges:
+                if a <= ln < b and n != "host":
+                    return n
+        return "kernel"
+
+    funcs, loops, fn, labels, branches, cur_lines, in_comments = {}, {}, None, {}, [], [], False
+    re_ins = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+    for line in out.splitlines():
+        m = re.match(r"^\.text\.(\S+):$", line.strip())
+        if m:
+            if fn is not None:
+                loops[fn] = [(labels[t], a) for a, t in branches if t in labels and labels[t] < a and a - labels[t] >= 16]
+            fn = m.group(1)
+            funcs[fn], labels, branches, cur_lines = [], {}, [], []
+            continue
+        if fn is None:
+            continue
+        if line.lstrip().startswith("//## File"):
+            if base in line:  # consecutive comments describe the next instruction: innermost chain first
+                nums = [int(v) for v in re.findall(r"line (\d+)", line)]
+                cur_lines = (cur_lines + nums) if in_comments else nums
+                in_comments = True
+            continue
+        in_comments = False
+        m = re.match(r"^\s*(\.L_x_\d+):", line)
+        if m:
+            labels[m.group(1)] = None  # address of the next instruction
+            pending = m.group(1)
+            labels["__pending__" + pending] = True
+            continue
+        m = re_ins.search(line)
+        if m:
+            addr = int(m.group(1), 16)
+            for k in [k for k in labels if k.startswith("__pending__")]:
+                labels[k[len("__pending__"):]] = addr
+                del labels[k]
+            op, operands = m.group(3), m.group(4)
+            funcs[fn].append((addr, op, operands, phase_of(cur_lines)))
+            if op.startswith("BRA"):
+                t = re.search(r"(\.L_x_\d+)", operands)
+                if t:
+                    branches.append((addr, t.group(1)))
+    if fn is not None:
+        loops[fn] = [(labels[t], a) for a, t in branches if t in labels and labels[t] < a and a - labels[t] >= 16]
+    return funcs, loops
+
+
+def weighted_counts(instrs, loops, sched, has_expand):
+    """Warp-instructions per warp of one CTA (the busiest), and HMMA count, weighted by the schedule's trips."""
+    loops = sorted(set(loops))
+
+    def enclosing(addr):
+        return [(s, e) for s, e in loops if s <= addr <= e]
+
+    # loops per phase, classified by content
+    loop_info = {}
+    for s, e in loops:
+        body = [i for i in instrs if s <= i[0] <= e]
+        phases = [i[3] for i in body]
+        ph = max(set(phases), key=phases.count)
+        if phases.count(ph) < 0.9 * len(phases):  # spans several phases: an item / step / chunk loop of the kernel
+            ph = "kernel"
+        loop_info[(s, e)] = dict(phase=ph, hmma=any(i[1].startswith("HMMA") for i in body),
+                                 depth=sum(1 for s2, e2 in loops if s2 <= s and e <= e2 and (s2, e2) != (s, e)))
+
+    # how many HMMA-holding loops nest inside each phase (2: tile loop > K loop)
+    max_hmma_depth = {}
+    for ph in ("expand", "project"):
+        hl = [lp for lp, inf in loop_info.items() if inf["phase"] == ph and inf["hmma"]]
+        max_hmma_depth[ph] = max((sum(1 for o in hl if o[0] <= lp[0] and lp[1] <= o[1]) for lp in hl), default=0)
+    sc = sched
+    calls = dict(load_rows=sc["steps"], expand=sc["chunks"], dw=sc["chunks"], project=sc["steps"], kernel=sc["chunks"])
+    total, hmma, by_phase = 0.0, 0.0, {}
+    for addr, op, operands, ph in instrs:
+        encl = [lp for lp in enclosing(addr) if loop_info[lp]["phase"] == ph]
+        if ph == "load_rows":
+            mult = sc["load_vec"] if encl else calls[ph]
+        elif ph == "expand":
+            n_h = sum(1 for lp in encl if loop_info[lp]["hmma"])
+            other = [lp for lp in encl if not loop_info[lp]["hmma"]]
+            if not has_expand:
+                mult = 0 if n_h else (sc["copy_vec"] if other else calls[ph])
+            elif n_h >= 2 or (n_h == 1 and max_hmma_depth["expand"] == 1):
+                mult = sc["expand_tiles"] * sc["expand_k"]
+            elif n_h == 1:
+                mult = sc["expand_tiles"]
+            elif other:
+                mult = sc["stage"]
+            else:
+                mult = calls[ph]
+        elif ph == "dw":
+            mult = sc["dw_items"] if encl else calls[ph]
+        elif ph == "project":
+            n_h = sum(1 for lp in encl if loop_info[lp]["hmma"])
+            if n_h >= 2 or (n_h == 1 and max_hmma_depth["project"] == 1):
+                mult = sc["proj_tiles"] * sc["proj_k"]
+            elif n_h == 1:
+                mult = sc["proj_tiles"]
+            else:
+                mult = calls[ph]
+        else:
+            mult = calls["kernel"]
+        total += mult
+        by_phase[ph] = by_phase.get(ph, 0.0) + mult
+        if op.startswith("HMMA"):
+            hmma += mult
+    return total, hmma, by_phase, loop_info
+
+
+def fused_bytes(cin, chid, cout, h, stride, batch, itemsize=2):
+    ho = (h - 1) // stride + 1
+    weights = chid * cin + chid + chid * 10 + cout * chid + cout
+    return itemsize * (batch * (h * h * cin + ho * ho * cout) + weights)
+
+
+def predict(cubin, regs_by_symbol, batch=256, dtype="float16", json_out=None):
+    cp = load_cuda_plan()
+    nvdisasm = find_tool("nvdisasm")
+    if nvdisasm is None:
+        print("cuda_build_check: nvdisasm not found (CUDA toolkit or Triton's bundled copy)", file=sys.stderr)
+        return 2
+    funcs, loops = disassemble(cubin, nvdisasm, SOURCE)
+    rows = []
+    for name, cin, chid, cout, h, s, res, reps, eager in BLOCKS:
+        plans = cp.static_plans(batch, cin, chid, cout, h, h, s, True, res, dtype)
+        pl = plans[0]
+        p, sc = pl["plan"], dict(pl["loops"])
+        L = sc["layout"]
+        # staging of the depthwise weights: 2 small loops, once per chunk (chunk mode) or once per CTA (ring mode)
+        sc["stage"] = math.ceil(9 * p["chunk"] / cp.THREADS) * (sc["chunks"] if p["nchunks"] > 1 else 1)
+        fn = [f for f in funcs if pl["symbol"] in f]
+        assert len(fn) == 1, (pl["symbol"], list(funcs))
+        per_warp, hmma_w, by_phase, _ = weighted_counts(funcs[fn[0]], loops[fn[0]], sc, True)
+        warp_instr_cta = per_warp * cp.WARPS
+        ctas_on_sm = min(p["ctas_per_sm"], math.ceil(p["grid"] / H200["sms"]))
+        clk_per_us = H200["clk_ghz"] * 1e3
+        issue_us = ctas_on_sm * warp_instr_cta / 4 / clk_per_us
+        tc_us = ctas_on_sm * hmma_w * cp.WARPS * 4096 / H200["hmma_flop_per_clk"] / clk_per_us
+        dram_us = fused_bytes(cin, chid, cout, h, s, batch) / H200["dram_Bps"] * 1e6
+        pred = max(CALIBRATION * issue_us, tc_us, dram_us)
+        regs = regs_by_symbol.get(pl["symbol"])
+        rows.append(dict(block=name, reps=reps, regs=regs, smem=p["smem"], ctas_per_sm=p["ctas_per_sm"],
+                         rows=p["rows"], chunk=p["chunk"], nchunks=p["nchunks"], bands=p["bands"], grid=p["grid"],
+                         warp_instr_cta=warp_instr_cta, issue_us=issue_us, tc_us=tc_us, dram_us=dram_us,
+                         predicted_us=pred, eager_us=eager, speedup=eager / pred,
+                         phase_share={k: v / per_warp for k, v in by_phase.items()}))
+    print(f"\nstatic prediction, H200, batch {batch}, {dtype}, channels_last (sm_90a SASS weighted by the plan's "
+          f"trip counts; predicted = max({CALIBRATION} x issue, tensor floor, DRAM floor)):")
+    hdr = (f"{'block':>6} {'regs':>4} {'smem KB':>7} {'CTA/SM':>6} {'R':>3} {'HC':>4} {'chunks':>6} {'bands':>5} "
+           f"{'issue us':>8} {'tc us':>6} {'dram us':>7} {'pred us':>7} {'eager us':>8} {'speed-up':>8}  phases")
+    print(hdr)
+    for r in rows:
+        ph = " ".join(f"{k}:{v:.0%}" for k, v in sorted(r["phase_share"].items(), key=lambda kv: -kv[1]))
+        print(f"{r['block']:>6} {r['regs'] or 0:>4} {r['smem'] / 1024:>7.1f} {r['ctas_per_sm']:>6} {r['rows']:>3} "
+              f"{r['chunk']:>4} {r['nchunks']:>6} {r['bands']:>5} {r['issue_us']:>8.1f} {r['tc_us']:>6.1f} "
+              f"{r['dram_us']:>7.1f} {r['predicted_us']:>7.1f} {r['eager_us']:>8} {r['speedup']:>7.2f}x  {ph}")
+    g12 = math.exp(sum(math.log(r["speedup"]) for r in rows) / len(rows))
+    g17 = math.exp(sum(r["reps"] * math.log(r["speedup"]) for r in rows) / sum(r["reps"] for r in rows))
+    print(f"geometric mean speed-up over eager: {g12:.2f}x over the 12 distinct shapes, {g17:.2f}x over the 17 blocks")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(dict(batch=batch, dtype=dtype, calibration=CALIBRATION, rows=rows, geomean_12=g12,
+                           geomean_17=g17), f, indent=1)
+    return 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nvcc", default=os.environ.get("NVCC", "nvcc"), help="nvcc to use (default: nvcc on PATH)")
-    ap.add_argument("--fast-math", action="store_true", help="also pass setup.py's --use_fast_math -lineinfo")
-    ap.add_argument("--no-smem-table", action="store_true", help="skip the per-shape dynamic shared memory table")
+    ap.add_argument("--predict", action="store_true", help="static H200 prediction per MobileNetV2 block")
+    ap.add_argument("--json", help="with --predict: write the prediction table as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
@@ -110,17 +325,16 @@ def main():
     if nvcc is None:
         print(f"cuda_build_check: nvcc not found ({args.nvcc!r}); put it on PATH or pass --nvcc", file=sys.stderr)
         return 2
-    flags = ["--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"] if args.fast_math else []
     tmp = tempfile.mkdtemp(prefix="mnv2_cuda_check_")
     try:
-        cmd = [nvcc, "-std=c++17", "-O3"] + GENCODE + ["-Xptxas", "-v", "-c", SOURCE, "-o",
-                                                       os.path.join(tmp, "inverted_residual_cuda.o")] + flags
+        obj = os.path.join(tmp, "inverted_residual_cuda.o")
+        cmd = [nvcc] + FLAGS + GENCODE + ["-Xptxas", "-v", "-c", SOURCE, "-o", obj]
         print("$ " + " ".join(cmd), flush=True)
         t0 = time.time()
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         except subprocess.TimeoutExpired:
-            print("cuda_build_check: nvcc timed out after 900 s", file=sys.stderr)
+            print("cuda_build_check: nvcc timed out after 1200 s", file=sys.stderr)
             return 2
         dt = time.time() - t0
         report = r.stdout + r.stderr
@@ -128,7 +342,7 @@ def main():
             print(report, file=sys.stderr)
             print(f"cuda_build_check: FAILED: nvcc exited {r.returncode}", file=sys.stderr)
             return 2
-        rows = parse_ptxas(report)
+        rows = [row for row in parse_ptxas(report) if "kernel" in row["name"]]
         if not rows or any(row["regs"] is None or row["spill_st"] is None for row in rows):
             print(report, file=sys.stderr)
             print("cuda_build_check: FAILED: could not parse the ptxas report", file=sys.stderr)
@@ -143,29 +357,55 @@ def main():
         for t in table:
             print(fmt.format(*t))
         print(f"compiled {len(rows)} kernel instantiation(s) x arch in {dt:.1f} s")
-        archs = {r["arch"] for r in rows}
-        missing = {"sm_80", "sm_90a"} - archs
+        missing = {"sm_80", "sm_90a"} - {r["arch"] for r in rows}
         if missing:
             print(f"cuda_build_check: FAILED: no ptxas report for {sorted(missing)}", file=sys.stderr)
             return 2
 
-        if not args.no_smem_table:
-            sizes, why = smem_table(nvcc, tmp, flags)
-            if sizes is None:
-                print(f"(dynamic shared memory table skipped: {why})")
-            else:
-                print("dynamic shared memory per CTA (A100 allows 166912 B, H100/H200 232448 B):")
-                print("  Cin  Chid  Cout  stride  expand     bytes")
-                for (cin, chid, cout, s, e), b in zip(SHAPES, sizes):
-                    print(f"  {cin:>3}  {chid:>4}  {cout:>4}  {s:>6}  {'yes' if e else 'no':>6}  {b:>8}")
+        cp = load_cuda_plan()
+        print("\nlaunch plan per MobileNetV2 block (batch 256, H200: 132 SMs, 227 KB opt-in shared memory):")
+        print(f"  {'block':>5} {'Cin':>4} {'Chid':>5} {'Cout':>5} {'HxW':>7} {'s':>2}  {'R':>3} {'HC':>4} {'chunks':>6} "
+              f"{'ring rows':>9} {'bands':>5} {'CTA/SM':>6} {'grid':>5} {'smem B':>7}")
+        for name, cin, chid, cout, h, s, res, reps, eager in BLOCKS:
+            p = cp.plan(256, *cp.kernel_channels(cin, chid, cout, True), h, h, s)
+            print(f"  {name:>5} {cin:>4} {chid:>5} {cout:>5} {f'{h}x{h}':>7} {s:>2}  {p['rows']:>3} {p['chunk']:>4} "
+                  f"{p['nchunks']:>6} {p['ring_rows']:>9} {p['bands']:>5} {p['ctas_per_sm']:>6} {p['grid']:>5} "
+                  f"{p['smem']:>7}")
 
-        spills = [t for t, r in zip(table, rows) if r["spill_st"] > 0 or r["spill_ld"] > 0]
-        if spills:
-            for t in spills:
-                print(f"cuda_build_check: SPILL in {t[0]} ({t[1]}): {t[5]} B stores, {t[6]} B loads", file=sys.stderr)
-            return 1
-        print("cuda_build_check: OK (no spills)")
-        return 0
+        # local memory: ptxas' stack frame and any LDL / STL in the SASS
+        bad = [t for t, r in zip(table, rows) if r["spill_st"] > 0 or r["spill_ld"] > 0 or r["stack"] > 0]
+        for t in bad:
+            print(f"cuda_build_check: SPILL / LOCAL MEMORY in {t[0]} ({t[1]}): stack {t[4]} B, spill stores "
+                  f"{t[5]} B, loads {t[6]} B", file=sys.stderr)
+        cuobjdump = find_tool("cuobjdump")
+        if cuobjdump:
+            sass = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True).stdout
+            nlocal = len(re.findall(r"\b(LDL|STL)\b", sass))
+            print(f"SASS local-memory instructions (LDL/STL), both archs: {nlocal}")
+            if nlocal:
+                bad.append(("LDL/STL in SASS",))
+        else:
+            print("(cuobjdump not found: SASS local-memory scan skipped)")
+        status = 1 if bad else 0
+        if status == 0:
+            print("cuda_build_check: OK (no spills, no local memory)")
+
+        if args.predict:
+            cubin = os.path.join(tmp, "k90.cubin")
+            c = subprocess.run([nvcc] + FLAGS + ["-arch=sm_90a", "-cubin", SOURCE, "-o", cubin],
+                               capture_output=True, text=True, timeout=1200)
+            if c.returncode != 0:
+                print(c.stdout + c.stderr, file=sys.stderr)
+                return 2
+            regs = {}
+            for r in rows:
+                if r["arch"] == "sm_90a":
+                    m = re.search(r"mnv2_ir_ring_kernelI(\d+\w+?Li\dE)", r["name"])
+                    if m:
+                        regs["mnv2_ir_ring_kernelI" + m.group(1)] = r["regs"]
+            rc = predict(cubin, regs, json_out=args.json)
+            status = max(status, rc)
+        return status
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -1,29 +1,37 @@
-// Fused MobileNetV2 inverted-residual block, one launch (docs/CONTRACT.md; design: shared/NOTES.md section 3).
+// Fused MobileNetV2 inverted-residual block, one launch, second design (docs/CONTRACT.md, docs/CUDA_KERNEL.md).
 //
-// One CTA (256 threads, 8 warps) per (image, 8x8 tile of output pixels, tile of <= 320 output channels).
-//   1. The input halo tile, ((8-1)*s+3)^2 pixels x Cin channels, is loaded into shared memory once (NHWC
-//      16-byte vectors when Cin % 8 == 0 and x is 16-byte aligned, else scalars), zero outside the image and
-//      in the channel / pixel padding (channels padded to 16, halo pixels padded to 16 rows).
-//   2. Loop over chunks of 32 expanded channels:
-//        a. weights of the chunk -> shared memory (zero padded): expand [32 x CinP], depthwise taps and
-//           biases (float), project [CoutP x 32];
-//        b. expand GEMM [halo x CinP] x [CinP x 32] on tensor cores (WMMA 16x16x16, fp32 accumulate) -> float
-//           shared buffer; + bias, ReLU6, and forced to 0 for halo pixels outside the image (the depthwise zero
-//           padding lives in the expanded, activated space). Without an expand conv the chunk is a copy of the
-//           input channels (already zero outside the image);
-//        c. depthwise 3x3 (stride s) + bias + ReLU6 from the float buffer, rounded to the I/O dtype (as eager
-//           PyTorch does before the project conv) into [64 x 32];
-//        d. project GEMM [64 x 32] x [32 x CoutP] accumulated in WMMA fp32 fragments held in registers across
-//           the chunk loop.
-//   3. Epilogue per warp: fragment -> per-warp shared scratch -> + bias (+ residual from x) -> masked NHWC store.
+// Persistent CTAs (256 threads, 8 warps). A work item is (image n, band of output rows). A CTA walks down its
+// band in steps of R output rows; each step:
+//   1. the input rows the step newly needs, [e0, e1), are in shared memory sX (cp.async, 16-byte, zero-filled
+//      padding; the next step's rows are prefetched while this step runs its depthwise and project);
+//   2. for each chunk of HC hidden channels:
+//        expand GEMM [pixels of rows e0..e1) x Cin] x [Cin x HC] on tensor cores (mma.sync m16n8k16, fp32
+//        accumulate), + bias, ReLU6, hidden channels >= Chid forced to 0 (select), rounded to the I/O dtype and
+//        stored with 16-byte stores into a ring of RR expanded rows (sRing). Without an expand conv the ring
+//        gets the input channels themselves. Rows outside the image are never stored: the depthwise selects 0
+//        for them (the padding lives in the expanded, activated space);
+//        depthwise 3x3 (stride S) from register sliding windows: a thread computes 4 output pixels x 8 channels
+//        from the 3 x (3S+3) input vectors it needs, fp32 accumulation, + bias, ReLU6, rounded to the I/O dtype
+//        (as eager PyTorch does before the project conv) -> sDW [R*Wo pixels x ChidP];
+//   3. project GEMM [R*Wo x ChidP] x [ChidP x Cout] on tensor cores, + bias (+ residual, read from x), 16-byte
+//      NHWC stores.
+// Ring mode (one chunk, HC = ChidP): the last rows of a step stay in the ring for the next, so every input row is
+// expanded once per band. Chunk mode (several chunks, used when all hidden channels of the ring do not fit):
+// one step per band, the ring holds the band's rows for one chunk at a time.
 //
-// No torch headers here; the binding (inverted_residual_binding.cpp) validates and allocates.
+// Both GEMMs use a K permutation shared by A and B (thread q of a quad owns the 8 consecutive channels
+// 8q..8q+7 of each 32-wide K slice), so all fragments load as 16-byte vectors from natural row-major layouts,
+// and an N permutation (column c of n-tile j is channel 8*(c/2) + 2j + c%2 of a 32-wide N slice), so each
+// thread's accumulators hold 8 consecutive channels of a pixel and store as one 16-byte vector.
+//
+// ReLU6 is v < 0 ? 0 : (v > 6 ? 6 : v): NaN passes through as in PyTorch (fminf/fmaxf would drop it).
+// Offsets into x and y are int64; the in-CTA pixel counts are small (bounded by shared memory).
+// No torch headers here; the binding (inverted_residual_binding.cpp) validates, pads and allocates.
 #include "inverted_residual_cuda.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <atomic>
 #include <cstddef>
@@ -31,26 +39,144 @@
 
 namespace {
 
-using namespace nvcuda;
-
-constexpr int kTH = 8;                // output tile rows
-constexpr int kTW = 8;                // output tile columns
-constexpr int kTP = kTH * kTW;        // 64 output pixels per CTA = 4 WMMA row tiles
-constexpr int kCH = 32;               // expanded channels per chunk = 2 WMMA tiles
+// Keep these in step with mnv2_kernels/cuda_plan.py (a CPU test compares the two plans).
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kLDE = kCH + 4;         // leading dim (floats) of the expanded chunk buffer
-constexpr int kLDK = kCH + 8;         // leading dim (elements) of the depthwise output and project weights
-constexpr int kSmallNFW = 3;          // project fragments per warp: 3 -> 96 output channels per CTA
-constexpr int kBigNFW = 10;           //                             10 -> 320 output channels per CTA
-constexpr int64_t kMaxChannels = int64_t(1) << 24;
-
-static_assert(kTP == 64, "the project GEMM maps 4 row tiles x 2 column groups onto 8 warps");
-static_assert(kCH == 32, "the depthwise loop uses e >> 5 / e & 31");
-static_assert(kWarps == 8, "warp -> (row tile, column group) mapping assumes 8 warps");
+constexpr int kPX = 4;               // output pixels per depthwise work item
+constexpr int kMaxStepPixels = 128;  // R * Wo <= this (unless R == 1)
+constexpr int kChunk = 96;           // hidden channels per chunk in chunk mode
+constexpr int64_t kBudget2 = 113 * 1024;  // shared memory per CTA for 2 CTAs per SM (228 KB SM, 1 KB reserved)
+constexpr int kMinRingPixels = 24;   // ring mode needs R * Wo >= this (or R == Ho)
+constexpr int64_t kMaxChannels = 1 << 16;
 
 // ---------------------------------------------------------------------------------------------------------
-// dtype traits
+// Plan (host). Mirrored by mnv2_kernels/cuda_plan.py.
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t align128(int64_t v) { return round_up(v, 128); }
+// Leading dimension (elements, 2-byte) of a shared row of `elems` (a multiple of 32) channels: a row stride that
+// is a multiple of 128 bytes gets 64 bytes of padding, so the two pixel rows a quarter-warp reads (fragment loads,
+// 4 x 16 bytes each) fall in different banks.
+inline int64_t pad_ld(int64_t elems) { return (elems * 2) % 128 == 0 ? elems + 32 : elems; }
+
+struct Layout {
+  int64_t LX, MXP, LH, LD2, MOP, KP, RR;
+  int64_t off_x, off_ring, off_dw, off_wdw, off_bdw, total;
+};
+
+Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo, int S, int64_t R, int64_t HC) {
+  Layout L;
+  L.RR = (R - 1) * S + 3;
+  if (L.RR > H) L.RR = H;
+  L.LX = pad_ld(round_up(Cin8, 32));
+  L.MXP = round_up(L.RR * W, 32);
+  L.LH = pad_ld(HC);
+  L.KP = round_up(Chid8, HC);
+  L.LD2 = pad_ld(L.KP);
+  L.MOP = round_up(R * Wo, 32);
+  int64_t off = 0;
+  L.off_x = off;    off = align128(off + L.MXP * L.LX * 2);
+  L.off_ring = off; off = align128(off + L.RR * W * L.LH * 2);
+  L.off_dw = off;   off = align128(off + L.MOP * L.LD2 * 2);
+  L.off_wdw = off;  off = align128(off + 9 * HC * 4);
+  L.off_bdw = off;  off = align128(off + HC * 4);
+  L.total = off;
+  return L;
+}
+
+// Largest R in [1, Ho] with R*Wo <= kMaxStepPixels (R = 1 always allowed) whose layout fits `budget`; 0 if none.
+int64_t best_rows(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int S, int64_t HC,
+                  int64_t budget) {
+  int64_t rmax = kMaxStepPixels / Wo;
+  if (rmax < 1) rmax = 1;
+  if (rmax > Ho) rmax = Ho;
+  for (int64_t R = rmax; R >= 1; --R)
+    if (make_layout(Cin8, Chid8, H, W, Wo, S, R, HC).total <= budget) return R;
+  return 0;
+}
+
+}  // namespace
+
+extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_t Cout8, int64_t H, int64_t W,
+                                  int stride, int has_expand, int64_t smem_limit, int num_sms, mnv2_ir_plan* plan) {
+  mnv2_ir_plan P = {};
+  (void)has_expand;
+  (void)Cout8;
+  if (N < 0 || H < 1 || W < 1 || Cin8 < 8 || Chid8 < 8 || Cin8 > kMaxChannels || Chid8 > kMaxChannels ||
+      (stride != 1 && stride != 2) || num_sms < 1) {
+    *plan = P;
+    return;
+  }
+  const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+  const int64_t ChidP = round_up(Chid8, 32);
+  const int64_t hc_chunk = ChidP < kChunk ? ChidP : kChunk;
+  const int64_t budgets[2] = {kBudget2 < smem_limit ? kBudget2 : smem_limit, smem_limit};
+  int64_t R = 0, HC = 0;
+  for (int b = 0; b < 2 && R == 0; ++b) {
+    const int64_t r = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, ChidP, budgets[b]);
+    if (r > 0 && (r == Ho || r * Wo >= kMinRingPixels)) {
+      R = r;
+      HC = ChidP;
+      break;
+    }
+    const int64_t rc = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[b]);
+    if (rc > 0) {
+      R = rc;
+      HC = hc_chunk;
+    }
+  }
+  if (R == 0) {
+    *plan = P;
+    return;
+  }
+  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, R, HC);
+  P.ok = 1;
+  P.rows = int(R);
+  P.chunk = int(HC);
+  P.nchunks = int(L.KP / HC);
+  P.ring_rows = int(L.RR);
+  P.steps = int((Ho + R - 1) / R);
+  P.ctas_per_sm = L.total <= kBudget2 ? 2 : 1;
+  const int64_t slots = int64_t(P.ctas_per_sm) * num_sms;
+  if (P.nchunks > 1) {
+    P.bands = P.steps;  // chunk mode: one step per band
+  } else {
+    int64_t b = N > 0 ? slots / N : 1;
+    if (b < 1) b = 1;
+    if (b > P.steps) b = P.steps;
+    P.bands = int(b);
+  }
+  P.items = N * P.bands;
+  P.grid = P.items < slots ? P.items : slots;
+  P.smem = L.total;
+  *plan = P;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// Device helpers
+
+// Unsigned division by a runtime constant: n / d == (umulhi(n, mul) + n) >> shift for n < 2^31.
+struct FastDiv {
+  uint32_t d, mul, shift;
+};
+
+inline FastDiv make_fastdiv(uint32_t d) {
+  FastDiv f;
+  f.d = d;
+  f.shift = 0;
+  while ((uint64_t(1) << f.shift) < d) ++f.shift;
+  f.mul = uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << f.shift) - d)) / d + 1);
+  return f;
+}
+
+__device__ __forceinline__ uint32_t fdiv(uint32_t n, const FastDiv& f) {
+  return (__umulhi(n, f.mul) + n) >> f.shift;
+}
+
+// min(max(v, 0), 6) that keeps NaN (NaN compares false both ways), like torch's ReLU6.
+__device__ __forceinline__ float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
 
 template <typename T>
 struct Tr;
@@ -58,320 +184,449 @@ struct Tr;
 template <>
 struct Tr<__half> {
   static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ float2 to_f2(uint32_t v) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
+  }
+  static __device__ __forceinline__ uint32_t from_f2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
 };
 
 template <>
 struct Tr<__nv_bfloat16> {
   static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ float2 to_f2(uint32_t v) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+  }
+  static __device__ __forceinline__ uint32_t from_f2(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
 };
 
-// min(max(v, 0), 6) that keeps NaN (NaN compares false both ways), like torch.clamp.
-__device__ __forceinline__ float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; src_bytes == 0 writes 16 zero bytes (src is not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+__device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint4 lds16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void sts16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
 // ---------------------------------------------------------------------------------------------------------
-// Shared-memory layout, computed once on the host (same function for the size query and the launch).
+// Kernel parameters (filled by the launcher from the plan)
 
-struct Layout {
-  int CinP;       // Cin rounded up to 16
-  int LDI;        // leading dim (elements) of the input halo tile and the expand weights: CinP + 8
-  int HH, HWd;    // halo tile rows, columns
-  int HP, HPP;    // halo pixels, rounded up to 16
-  int nfw;        // project fragments per warp (kSmallNFW or kBigNFW)
-  int cout_tile;  // output channels per CTA: 32 * nfw
-  int coutP;      // min(Cout, cout_tile) rounded up to 16
-  size_t off_in, off_we, off_exp, off_dw, off_wp, off_wdw, off_bdw, off_be, off_scr, total;
+struct Params {
+  const void* x;    // [N, H, W, Cin8]
+  const void* we;   // [Chid8, Cin8] or null (no expand conv)
+  const void* be;   // [Chid8]
+  const void* wdw;  // [Chid8, 9]
+  const void* bdw;  // [Chid8]
+  const void* wp;   // [Cout8, Chid8]
+  const void* bp;   // [Cout8]
+  void* y;          // [N, Ho, Wo, Cout8]
+  int H, W, Ho, Wo, Cin8, Chid8, chid_real, Cout8;
+  int residual, has_expand;
+  int R, HC, nchunks, RR, steps, bands;
+  int64_t items;
+  int LX, LH, LD2, KP, CinP;  // CinP = Cin8 rounded up to 32
+  int off_ring, off_dw, off_wdw, off_bdw;
+  FastDiv div_xvec;   // sX vector index -> pixel (CinP / 8 vectors per pixel)
+  FastDiv div_ncg;    // depthwise item -> channel group (HC / 8 groups)
+  FastDiv div_ns;     // depthwise strip -> (row, strip) (ceil(Wo / kPX) strips per row)
+  FastDiv div_hcv;    // copy (no expand) index -> pixel (HC / 8 vectors per pixel)
+  FastDiv div_ntp;    // project warp tile -> (m tile, n tile)
+  FastDiv div_nte;    // expand warp tile -> (m tile, n tile)
 };
 
-inline size_t align128(size_t v) { return (v + 127) & ~size_t(127); }
-inline int64_t roundup16(int64_t v) { return (v + 15) / 16 * 16; }
+// ---------------------------------------------------------------------------------------------------------
+// Phases
 
-bool make_layout(int64_t Cin, int64_t Chid, int64_t Cout, int stride, bool has_expand, Layout* L) {
-  if (Cin < 1 || Chid < 1 || Cout < 1 || Cin > kMaxChannels || Chid > kMaxChannels || Cout > kMaxChannels)
-    return false;
-  if (stride != 1 && stride != 2) return false;
-  if (!has_expand && Chid != Cin) return false;
-  L->CinP = int(roundup16(Cin));
-  L->LDI = L->CinP + 8;
-  L->HH = (kTH - 1) * stride + 3;
-  L->HWd = (kTW - 1) * stride + 3;
-  L->HP = L->HH * L->HWd;
-  L->HPP = int(roundup16(L->HP));
-  L->nfw = roundup16(Cout) <= 32 * kSmallNFW ? kSmallNFW : kBigNFW;
-  L->cout_tile = 32 * L->nfw;
-  L->coutP = int(roundup16(Cout < L->cout_tile ? Cout : L->cout_tile));
-  const size_t e = 2;  // bytes per float16 / bfloat16 element
-  size_t off = 0;
-  L->off_in = off;  off = align128(off + size_t(L->HPP) * L->LDI * e);
-  L->off_we = off;  off = align128(off + (has_expand ? size_t(kCH) * L->LDI * e : 0));
-  L->off_exp = off; off = align128(off + size_t(L->HPP) * kLDE * sizeof(float));
-  L->off_dw = off;  off = align128(off + size_t(kTP) * kLDK * e);
-  L->off_wp = off;  off = align128(off + size_t(L->coutP) * kLDK * e);
-  L->off_wdw = off; off = align128(off + size_t(kCH) * 9 * sizeof(float));
-  L->off_bdw = off; off = align128(off + size_t(kCH) * sizeof(float));
-  L->off_be = off;  off = align128(off + size_t(kCH) * sizeof(float));
-  L->off_scr = off; off = align128(off + size_t(kWarps) * 256 * sizeof(float));
-  L->total = off;
-  return true;
+// Input rows [e0, e1) of image n -> sX [pixels][LX] (zero channels beyond Cin8, zero pixels up to a multiple of 32).
+template <typename T>
+__device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int e0, int e1) {
+  const T* x = static_cast<const T*>(p.x);
+  const int npix = (e1 - e0) * p.W;
+  const int vpp = p.CinP >> 3;
+  const int total = ((npix + 31) & ~31) * vpp;
+  const T* base = x + (int64_t(n) * p.H + e0) * int64_t(p.W) * p.Cin8;
+  for (int v = threadIdx.x; v < total; v += kThreads) {
+    const int pix = int(fdiv(uint32_t(v), p.div_xvec));
+    const int c = (v - pix * vpp) << 3;
+    const bool ok = pix < npix && c < p.Cin8;
+    const T* src = ok ? base + int64_t(pix) * p.Cin8 + c : x;
+    cp_async16(sX + pix * p.LX + c, src, ok ? 16u : 0u);
+  }
+  cp_async_commit();
+}
+
+// Expand (or copy) the rows of sX, chunk channels [c0, c0 + HC), into ring pixels starting at ring_px0 (wrapping
+// at RR * W). Also stages the chunk's depthwise weights and bias as float.
+template <typename T>
+__device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sRing, float* sWdw, float* sBdw,
+                                             int npix, int ring_px0, int c0, bool stage_dw) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, q = lane & 3;
+  const int ring_pix = p.RR * p.W;
+  if (stage_dw) {
+    const T* wdw = static_cast<const T*>(p.wdw);
+    const T* bdw = static_cast<const T*>(p.bdw);
+    for (int v = threadIdx.x; v < 9 * p.HC; v += kThreads) {  // sWdw[tap][c], from w_dw[c][tap]
+      const int tap = v / p.HC;  // stage once per chunk: not an inner loop
+      const int c = v - tap * p.HC;
+      const int ch = c0 + c;
+      sWdw[v] = ch < p.Chid8 ? Tr<T>::to_f(wdw[int64_t(ch) * 9 + tap]) : 0.f;
+    }
+    for (int c = threadIdx.x; c < p.HC; c += kThreads) sBdw[c] = c0 + c < p.Chid8 ? Tr<T>::to_f(bdw[c0 + c]) : 0.f;
+  }
+  if (!p.has_expand) {  // the ring gets input channels c0 .. c0 + HC (Chid8 == Cin8; sX is zero beyond Cin8)
+    const int vpp = p.HC >> 3;
+    const int total = npix * vpp;
+    for (int v = threadIdx.x; v < total; v += kThreads) {
+      const int pix = int(fdiv(uint32_t(v), p.div_hcv));
+      const int c = (v - pix * vpp) << 3;
+      int rp = ring_px0 + pix;
+      if (rp >= ring_pix) rp -= ring_pix;
+      sts16(sRing + rp * p.LH + c, c0 + c < p.Cin8 ? lds16(sX + pix * p.LX + c0 + c) : make_uint4(0, 0, 0, 0));
+    }
+    return;
+  }
+  const T* we = static_cast<const T*>(p.we);
+  const T* be = static_cast<const T*>(p.be);
+  const int mtiles = (npix + 31) >> 5;  // 32-pixel warp tiles
+  const int ntiles = p.HC >> 5;         // 32-channel warp tiles
+  const int kslices = p.CinP >> 5;
+  for (int t = warp; t < mtiles * ntiles; t += kWarps) {  // warp-uniform
+    const int mt = int(fdiv(uint32_t(t), p.div_nte));
+    const int nt = t - mt * ntiles;
+    const int px0 = mt << 5;
+    const int nb = c0 + (nt << 5);  // first hidden channel of the warp tile
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+    // B rows of this thread: hidden channel nb + 8*(g/2) + 2j + g%2
+    const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
+    for (int ks = 0; ks < kslices; ++ks) {
+      const int k = (ks << 5) + (q << 3);
+      uint4 a[2][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        a[i][0] = lds16(sX + (px0 + i * 16 + g) * p.LX + k);
+        a[i][1] = lds16(sX + (px0 + i * 16 + g + 8) * p.LX + k);
+      }
+      uint4 b[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int row = brow0 + 2 * j;
+        b[j] = (row < p.Chid8 && k < p.Cin8) ? ldg16(we + int64_t(row) * p.Cin8 + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          Tr<T>::mma(acc[i][j], a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y, b[j].x, b[j].y);
+          Tr<T>::mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
+        }
+    }
+    // epilogue: this thread holds channels ch0 .. ch0 + 7 of pixels px0 + 16i + g (+8)
+    const int ch0 = nb + (q << 3);
+    float bias[8];
+    {
+      const uint4 bv = ch0 < p.Chid8 ? ldg16(be + ch0) : make_uint4(0, 0, 0, 0);
+      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = Tr<T>::to_f2(bw[j]);
+        bias[2 * j] = f.x;
+        bias[2 * j + 1] = f.y;
+      }
+    }
+    const int cl = ch0 - c0;  // chunk-local channel
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int pix = px0 + i * 16 + g + 8 * h;
+        uint32_t o[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float v0 = ch0 + 2 * j < p.chid_real ? relu6(acc[i][j][2 * h] + bias[2 * j]) : 0.f;
+          const float v1 = ch0 + 2 * j + 1 < p.chid_real ? relu6(acc[i][j][2 * h + 1] + bias[2 * j + 1]) : 0.f;
+          o[j] = Tr<T>::from_f2(v0, v1);
+        }
+        if (pix < npix) {
+          int rp = ring_px0 + pix;
+          if (rp >= ring_pix) rp -= ring_pix;
+          sts16(sRing + rp * p.LH + cl, make_uint4(o[0], o[1], o[2], o[3]));
+        }
+      }
+  }
+}
+
+// Depthwise 3x3 for output rows oy0 .. oy0 + nrows of the chunk -> sDW[:, c0 .. c0 + HC). `slot0` is the ring row of
+// input row oy0 * S - 1 (may be -1 when that row is -1).
+template <typename T, int S>
+__device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing, const float* sWdw,
+                                                const float* sBdw, T* sDW, int oy0, int nrows, int slot0, int c0) {
+  constexpr int NCOL = (kPX - 1) * S + 3;
+  const int ncg = p.HC >> 3;
+  const int ns = (p.Wo + kPX - 1) / kPX;  // strips per row (once per call)
+  const int total = nrows * ns * ncg;
+  for (int it = threadIdx.x; it < total; it += kThreads) {
+    const int sidx = int(fdiv(uint32_t(it), p.div_ncg));
+    const int cg = it - sidx * ncg;
+    const int i = int(fdiv(uint32_t(sidx), p.div_ns));
+    const int j = sidx - i * ns;
+    const int oy = oy0 + i;
+    const int ox0 = j * kPX;
+    const int ix0 = ox0 * S - 1;
+    const int c = cg << 3;
+    float acc[kPX][8];
+#pragma unroll
+    for (int px = 0; px < kPX; ++px)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[px][e] = 0.f;
+#pragma unroll
+    for (int ky = 0; ky < 3; ++ky) {
+      const int iy = oy * S - 1 + ky;
+      const bool row_ok = iy >= 0 && iy < p.H;
+      int slot = slot0 + i * S + ky;
+      if (slot >= p.RR) slot -= p.RR;
+      const T* rowp = sRing + (row_ok ? slot : 0) * p.W * p.LH + c;
+      float w[3][8];
+#pragma unroll
+      for (int kx = 0; kx < 3; ++kx) {
+        const float4 w0 = *reinterpret_cast<const float4*>(sWdw + (ky * 3 + kx) * p.HC + c);
+        const float4 w1 = *reinterpret_cast<const float4*>(sWdw + (ky * 3 + kx) * p.HC + c + 4);
+        w[kx][0] = w0.x; w[kx][1] = w0.y; w[kx][2] = w0.z; w[kx][3] = w0.w;
+        w[kx][4] = w1.x; w[kx][5] = w1.y; w[kx][6] = w1.z; w[kx][7] = w1.w;
+      }
+#pragma unroll
+      for (int t = 0; t < NCOL; ++t) {
+        const int ix = ix0 + t;
+        const bool ok = row_ok && ix >= 0 && ix < p.W;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (ok) v = lds16(rowp + ix * p.LH);
+        float f[8];
+        {
+          const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 ff = Tr<T>::to_f2(vw[e]);
+            f[2 * e] = ff.x;
+            f[2 * e + 1] = ff.y;
+          }
+        }
+#pragma unroll
+        for (int px = 0; px < kPX; ++px) {
+          const int kx = t - px * S;
+          if (kx >= 0 && kx < 3) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[px][e] = fmaf(w[kx][e], f[e], acc[px][e]);
+          }
+        }
+      }
+    }
+    float bias[8];
+    {
+      const float4 b0 = *reinterpret_cast<const float4*>(sBdw + c);
+      const float4 b1 = *reinterpret_cast<const float4*>(sBdw + c + 4);
+      bias[0] = b0.x; bias[1] = b0.y; bias[2] = b0.z; bias[3] = b0.w;
+      bias[4] = b1.x; bias[5] = b1.y; bias[6] = b1.z; bias[7] = b1.w;
+    }
+#pragma unroll
+    for (int px = 0; px < kPX; ++px) {
+      const int ox = ox0 + px;
+      if (ox < p.Wo) {
+        uint32_t o[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          o[e] = Tr<T>::from_f2(relu6(acc[px][2 * e] + bias[2 * e]), relu6(acc[px][2 * e + 1] + bias[2 * e + 1]));
+        sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[0], o[1], o[2], o[3]));
+      }
+    }
+  }
+}
+
+// Project GEMM of output pixels [0, npix) of the step (global output pixel opix0 + pixel of image n) -> y.
+template <typename T>
+__device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n, int opix0, int npix) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, q = lane & 3;
+  const T* wp = static_cast<const T*>(p.wp);
+  const T* bp = static_cast<const T*>(p.bp);
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const int mtiles = (npix + 31) >> 5;
+  const int ntiles = (p.Cout8 + 31) >> 5;
+  const int kslices = p.KP >> 5;
+  for (int t = warp; t < mtiles * ntiles; t += kWarps) {  // warp-uniform
+    const int mt = int(fdiv(uint32_t(t), p.div_ntp));
+    const int nt = t - mt * ntiles;
+    const int px0 = mt << 5;
+    const int nb = nt << 5;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+    const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
+    for (int ks = 0; ks < kslices; ++ks) {
+      const int k = (ks << 5) + (q << 3);
+      uint4 a[2][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        a[i][0] = lds16(sDW + (px0 + i * 16 + g) * p.LD2 + k);
+        a[i][1] = lds16(sDW + (px0 + i * 16 + g + 8) * p.LD2 + k);
+      }
+      uint4 b[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int row = brow0 + 2 * j;
+        b[j] = (row < p.Cout8 && k < p.Chid8) ? ldg16(wp + int64_t(row) * p.Chid8 + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          Tr<T>::mma(acc[i][j], a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y, b[j].x, b[j].y);
+          Tr<T>::mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
+        }
+    }
+    const int co = nb + (q << 3);
+    if (co >= p.Cout8) continue;  // this thread's 8 output channels are padding
+    float bias[8];
+    {
+      const uint4 bv = ldg16(bp + co);
+      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = Tr<T>::to_f2(bw[j]);
+        bias[2 * j] = f.x;
+        bias[2 * j + 1] = f.y;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int pix = px0 + i * 16 + g + 8 * h;
+        if (pix < npix) {
+          const int64_t gp = int64_t(n) * p.Ho * p.Wo + opix0 + pix;  // output pixel (NHWC row)
+          float v[8];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            v[2 * j] = acc[i][j][2 * h] + bias[2 * j];
+            v[2 * j + 1] = acc[i][j][2 * h + 1] + bias[2 * j + 1];
+          }
+          if (p.residual) {  // stride 1, Cin8 == Cout8, H == Ho, W == Wo: the same pixel of x
+            const uint4 rv = ldg16(x + gp * p.Cin8 + co);
+            const uint32_t rw[4] = {rv.x, rv.y, rv.z, rv.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const float2 f = Tr<T>::to_f2(rw[j]);
+              v[2 * j] += f.x;
+              v[2 * j + 1] += f.y;
+            }
+          }
+          uint4 o;
+          o.x = Tr<T>::from_f2(v[0], v[1]);
+          o.y = Tr<T>::from_f2(v[2], v[3]);
+          o.z = Tr<T>::from_f2(v[4], v[5]);
+          o.w = Tr<T>::from_f2(v[6], v[7]);
+          *reinterpret_cast<uint4*>(y + gp * p.Cout8 + co) = o;
+        }
+      }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Kernel
 
-struct Params {
-  const void* x;
-  const void* we;   // may be null (no expand conv)
-  const void* be;
-  const void* wdw;
-  const void* bdw;
-  const void* wp;
-  const void* bp;
-  void* y;
-  int H, W, Cin, Chid, Cout, Ho, Wo;
-  int stride, residual, has_expand;
-  int tiles_x, tiles_per_img;
-  int cout_tile;
-  int CinP, LDI, HWd, HP, HPP, coutP;
-  int vec_x, vec_we, vec_wp;  // 16-byte vector loads allowed
-  int off_in, off_we, off_exp, off_dw, off_wp, off_wdw, off_bdw, off_be, off_scr;
-};
-
-template <typename T, int NFW>
-__global__ void __launch_bounds__(kThreads, (NFW <= kSmallNFW) ? 2 : 1) inverted_residual_kernel(const Params p) {
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 2) mnv2_ir_ring_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  T* const sIn = reinterpret_cast<T*>(smem + p.off_in);        // [HPP][LDI]   input halo tile
-  T* const sWe = reinterpret_cast<T*>(smem + p.off_we);        // [kCH][LDI]   expand weights (B, col-major)
-  float* const sExp = reinterpret_cast<float*>(smem + p.off_exp);  // [HPP][kLDE] expanded chunk
-  T* const sDw = reinterpret_cast<T*>(smem + p.off_dw);        // [kTP][kLDK]  depthwise output (A)
-  T* const sWp = reinterpret_cast<T*>(smem + p.off_wp);        // [coutP][kLDK] project weights (B, col-major)
-  float* const sWdw = reinterpret_cast<float*>(smem + p.off_wdw);  // [kCH][9]
-  float* const sBdw = reinterpret_cast<float*>(smem + p.off_bdw);  // [kCH]
-  float* const sBe = reinterpret_cast<float*>(smem + p.off_be);    // [kCH]
-  float* const sScr = reinterpret_cast<float*>(smem + p.off_scr);  // [kWarps][256]
+  T* const sX = reinterpret_cast<T*>(smem);                         // [MXP][LX]      input rows of a step
+  T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [RR * W][LH]   expanded rows (ring)
+  T* const sDW = reinterpret_cast<T*>(smem + p.off_dw);             // [MOP][LD2]     depthwise output
+  float* const sWdw = reinterpret_cast<float*>(smem + p.off_wdw);   // [9][HC]        depthwise taps
+  float* const sBdw = reinterpret_cast<float*>(smem + p.off_bdw);   // [HC]           depthwise bias
 
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ we = static_cast<const T*>(p.we);
-  const T* __restrict__ be = static_cast<const T*>(p.be);
-  const T* __restrict__ wdw = static_cast<const T*>(p.wdw);
-  const T* __restrict__ bdw = static_cast<const T*>(p.bdw);
-  const T* __restrict__ wp = static_cast<const T*>(p.wp);
-  const T* __restrict__ bp = static_cast<const T*>(p.bp);
-  T* __restrict__ y = static_cast<T*>(p.y);
-
-  const int tid = threadIdx.x;
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  const int n = int(blockIdx.x / unsigned(p.tiles_per_img));
-  const int tile = int(blockIdx.x % unsigned(p.tiles_per_img));
-  const int oy0 = (tile / p.tiles_x) * kTH;
-  const int ox0 = (tile % p.tiles_x) * kTW;
-  const int s = p.stride;
-  const int iy0 = oy0 * s - 1;  // image row of halo row 0
-  const int ix0 = ox0 * s - 1;
-  const int n0 = int(blockIdx.y) * p.cout_tile;  // first output channel of this CTA
-  const int ncols = min(p.Cout - n0, p.cout_tile);
-  const int NT = (ncols + 15) >> 4;  // 16-wide output-channel tiles of this CTA (<= 2 * NFW)
-  const int H = p.H, W = p.W, Cin = p.Cin, CinP = p.CinP, LDI = p.LDI, HWd = p.HWd, HP = p.HP, HPP = p.HPP;
-  const T zero = Tr<T>::from_f(0.f);
-
-  // ---- 1. input halo tile -> sIn (zero outside the image, in padded pixels and padded channels)
-  if (p.vec_x) {
-    const int vpp = CinP >> 3;  // 8-element vectors per pixel row
-    const int total = HPP * vpp;
-    for (int v = tid; v < total; v += kThreads) {
-      const int pix = v / vpp;
-      const int c = (v - pix * vpp) << 3;
-      uint4 val = make_uint4(0u, 0u, 0u, 0u);
-      if (pix < HP && c < Cin) {  // Cin % 8 == 0 here, so c + 8 <= Cin
-        const int hy = pix / HWd;
-        const int iy = iy0 + hy;
-        const int ix = ix0 + (pix - hy * HWd);
-        if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
-          const int64_t off = ((int64_t(n) * H + iy) * W + ix) * Cin + c;
-          val = __ldg(reinterpret_cast<const uint4*>(x + off));
-        }
-      }
-      *reinterpret_cast<uint4*>(sIn + pix * LDI + c) = val;
+  bool dw_staged = false;  // ring mode: the depthwise weights stay in shared memory for the whole CTA
+  for (int64_t item = blockIdx.x; item < p.items; item += gridDim.x) {
+    // item -> (image n, band b); band b covers steps [b*steps/bands, (b+1)*steps/bands)
+    const int64_t n = item / p.bands;  // once per work item
+    const int b = int(item - n * p.bands);
+    const int k0 = int(int64_t(b) * p.steps / p.bands);
+    const int k1 = int(int64_t(b + 1) * p.steps / p.bands);
+    int oy0 = k0 * p.R;
+    int e0 = oy0 * S - 1;
+    if (e0 < 0) e0 = 0;
+    int origin = e0;  // image row held in ring row 0 (advanced by RR as the band moves down)
+    int e1 = 0;
+    {
+      const int r1 = min(p.Ho, oy0 + p.R);
+      e1 = min(p.H, (r1 - 1) * S + 2);
+      __syncthreads();  // the previous item's expand phase no longer reads sX
+      load_rows<T>(p, sX, n, e0, e1);
     }
-  } else {
-    const int total = HPP * CinP;
-    for (int v = tid; v < total; v += kThreads) {
-      const int pix = v / CinP;
-      const int c = v - pix * CinP;
-      T val = zero;
-      if (pix < HP && c < Cin) {
-        const int hy = pix / HWd;
-        const int iy = iy0 + hy;
-        const int ix = ix0 + (pix - hy * HWd);
-        if (iy >= 0 && iy < H && ix >= 0 && ix < W) val = x[((int64_t(n) * H + iy) * W + ix) * Cin + c];
-      }
-      sIn[pix * LDI + c] = val;
-    }
-  }
-  // (the first __syncthreads of the chunk loop publishes sIn)
-
-  // Project accumulators. Warp w owns row tile (w & 3) and column tiles (w >> 2) + 2 * i, i < NFW.
-  const int mt_p = warp & 3;
-  const int nt_base = warp >> 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NFW];
-#pragma unroll
-  for (int i = 0; i < NFW; ++i) wmma::fill_fragment(acc[i], 0.f);
-
-  const int coutP = p.coutP;
-  for (int c0 = 0; c0 < p.Chid; c0 += kCH) {
-    const int cvalid = min(kCH, p.Chid - c0);  // valid channels in this chunk
-
-    // ---- 2a. chunk weights -> shared memory (zero padded)
-    if (p.has_expand) {
-      if (p.vec_we) {  // Cin % 8 == 0
-        const int vpr = CinP >> 3;
-        const int total = kCH * vpr;
-        for (int v = tid; v < total; v += kThreads) {
-          const int r = v / vpr;
-          const int k = (v - r * vpr) << 3;
-          uint4 val = make_uint4(0u, 0u, 0u, 0u);
-          if (r < cvalid && k < Cin)
-            val = __ldg(reinterpret_cast<const uint4*>(we + (int64_t(c0) + r) * Cin + k));
-          *reinterpret_cast<uint4*>(sWe + r * LDI + k) = val;
+    for (int k = k0; k < k1; ++k) {
+      const int nrows = min(p.R, p.Ho - oy0);
+      const int fr = oy0 * S - 1;  // first input row the step reads
+      if (fr - origin >= p.RR) origin += p.RR;
+      const int npix_in = (e1 - e0) * p.W;
+      int ring_row0 = e0 - origin;  // ring row of e0
+      if (ring_row0 >= p.RR) ring_row0 -= p.RR;
+      const int slot0 = fr - origin;  // ring row of fr (-1 only when fr == -1)
+      cp_async_wait_all();
+      __syncthreads();  // sX ready; the previous step's project no longer reads sDW
+      for (int ch = 0; ch < p.nchunks; ++ch) {
+        const int c0 = ch * p.HC;
+        const bool stage = p.nchunks > 1 || !dw_staged;
+        expand_chunk<T>(p, sX, sRing, sWdw, sBdw, npix_in, ring_row0 * p.W, c0, stage);
+        dw_staged = true;
+        __syncthreads();  // ring rows and depthwise weights ready; sX free after the last chunk
+        if (ch == p.nchunks - 1 && k + 1 < k1) {  // prefetch the next step's new rows
+          const int r1 = min(p.Ho, oy0 + 2 * p.R);
+          const int ne1 = min(p.H, (r1 - 1) * S + 2);
+          load_rows<T>(p, sX, n, e1, ne1);
+          e0 = e1;
+          e1 = ne1;
         }
-      } else {
-        const int total = kCH * CinP;
-        for (int v = tid; v < total; v += kThreads) {
-          const int r = v / CinP;
-          const int k = v - r * CinP;
-          sWe[r * LDI + k] = (r < cvalid && k < Cin) ? we[(int64_t(c0) + r) * Cin + k] : zero;
-        }
+        depthwise_chunk<T, S>(p, sRing, sWdw, sBdw, sDW, oy0, nrows, slot0, c0);
+        __syncthreads();  // sDW chunk ready; the ring and the depthwise weights are free again
       }
-      if (tid < kCH) sBe[tid] = tid < cvalid ? Tr<T>::to_f(be[c0 + tid]) : 0.f;
-    }
-    if (p.vec_wp) {  // Chid % 8 == 0, so cvalid % 8 == 0
-      const int total = coutP * (kCH >> 3);
-      for (int v = tid; v < total; v += kThreads) {
-        const int r = v >> 2;
-        const int k = (v & 3) << 3;
-        uint4 val = make_uint4(0u, 0u, 0u, 0u);
-        if (r < ncols && k < cvalid)
-          val = __ldg(reinterpret_cast<const uint4*>(wp + (int64_t(n0) + r) * p.Chid + c0 + k));
-        *reinterpret_cast<uint4*>(sWp + r * kLDK + k) = val;
-      }
-    } else {
-      const int total = coutP * kCH;
-      for (int v = tid; v < total; v += kThreads) {
-        const int r = v >> 5;
-        const int k = v & 31;
-        sWp[r * kLDK + k] = (r < ncols && k < cvalid) ? wp[(int64_t(n0) + r) * p.Chid + c0 + k] : zero;
-      }
-    }
-    for (int v = tid; v < kCH * 9; v += kThreads)
-      sWdw[v] = (v / 9 < cvalid) ? Tr<T>::to_f(wdw[int64_t(c0) * 9 + v]) : 0.f;
-    if (tid < kCH) sBdw[tid] = tid < cvalid ? Tr<T>::to_f(bdw[c0 + tid]) : 0.f;
-    __syncthreads();
-
-    // ---- 2b. expanded chunk -> sExp (float): relu6(x W_e^T + b_e), 0 outside the image
-    if (p.has_expand) {
-      const int MT = HPP >> 4;
-      const int KT = CinP >> 4;
-      for (int t = warp; t < MT * 2; t += kWarps) {  // warp-uniform loop
-        const int mt = t >> 1;
-        const int nt = t & 1;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-        wmma::fill_fragment(c, 0.f);
-        for (int kk = 0; kk < KT; ++kk) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-          wmma::load_matrix_sync(a, sIn + mt * 16 * LDI + kk * 16, LDI);
-          wmma::load_matrix_sync(b, sWe + nt * 16 * LDI + kk * 16, LDI);
-          wmma::mma_sync(c, a, b, c);
-        }
-        float* const dst = sExp + mt * 16 * kLDE + nt * 16;
-        wmma::store_matrix_sync(dst, c, kLDE, wmma::mem_row_major);
-        __syncwarp();
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int e = j * 32 + lane;
-          const int r = e >> 4;
-          const int cc = e & 15;
-          const int pix = mt * 16 + r;
-          const int ch = nt * 16 + cc;
-          const int hy = pix / HWd;
-          const int iy = iy0 + hy;
-          const int ix = ix0 + (pix - hy * HWd);
-          const bool inside = pix < HP && iy >= 0 && iy < H && ix >= 0 && ix < W && ch < cvalid;
-          const float v = dst[r * kLDE + cc];
-          dst[r * kLDE + cc] = inside ? relu6(v + sBe[ch]) : 0.f;
-        }
-        __syncwarp();
-      }
-    } else {  // no expand conv: the chunk is input channels c0 .. c0 + 31 (Chid == Cin)
-      for (int v = tid; v < HPP * kCH; v += kThreads) {
-        const int pix = v >> 5;
-        const int ch = v & 31;
-        sExp[pix * kLDE + ch] = ch < cvalid ? Tr<T>::to_f(sIn[pix * LDI + c0 + ch]) : 0.f;
-      }
-    }
-    __syncthreads();
-
-    // ---- 2c. depthwise 3x3, stride s, + bias, ReLU6 -> sDw (I/O dtype)
-    for (int v = tid; v < kTP * kCH; v += kThreads) {
-      const int q = v >> 5;   // output pixel in the tile
-      const int ch = v & 31;  // channel in the chunk
-      const int ty = q / kTW;
-      const int tx = q - ty * kTW;
-      const float* src = sExp + ((ty * s) * HWd + tx * s) * kLDE + ch;
-      const float* wk = sWdw + ch * 9;
-      float a = sBdw[ch];
-#pragma unroll
-      for (int ky = 0; ky < 3; ++ky) {
-#pragma unroll
-        for (int kx = 0; kx < 3; ++kx) a = fmaf(wk[ky * 3 + kx], src[(ky * HWd + kx) * kLDE], a);
-      }
-      sDw[q * kLDK + ch] = Tr<T>::from_f(ch < cvalid ? relu6(a) : 0.f);
-    }
-    __syncthreads();
-
-    // ---- 2d. project GEMM, accumulate in registers
-#pragma unroll 1
-    for (int kk = 0; kk < kCH / 16; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::load_matrix_sync(a, sDw + mt_p * 16 * kLDK + kk * 16, kLDK);
-#pragma unroll
-      for (int i = 0; i < NFW; ++i) {
-        const int nt = nt_base + 2 * i;
-        if (nt < NT) {  // warp-uniform
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-          wmma::load_matrix_sync(b, sWp + nt * 16 * kLDK + kk * 16, kLDK);
-          wmma::mma_sync(acc[i], a, b, acc[i]);
-        }
-      }
-    }
-    __syncthreads();  // before the next chunk overwrites the weights, sExp and sDw
-  }
-
-  // ---- 3. epilogue: + bias (+ residual), masked NHWC store
-  float* const scr = sScr + warp * 256;
-  const int Ho = p.Ho, Wo = p.Wo, Cout = p.Cout;
-#pragma unroll
-  for (int i = 0; i < NFW; ++i) {
-    const int nt = nt_base + 2 * i;
-    if (nt < NT) {  // warp-uniform
-      wmma::store_matrix_sync(scr, acc[i], 16, wmma::mem_row_major);
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int e = j * 32 + lane;
-        const int q = mt_p * 16 + (e >> 4);
-        const int oy = oy0 + q / kTW;
-        const int ox = ox0 + q % kTW;
-        const int co = n0 + nt * 16 + (e & 15);
-        if (oy < Ho && ox < Wo && co < Cout) {
-          float v = scr[e] + Tr<T>::to_f(bp[co]);
-          if (p.residual)  // stride 1 and Cin == Cout: the input pixel is (oy, ox), channel co
-            v += Tr<T>::to_f(x[((int64_t(n) * H + oy) * W + ox) * Cin + co]);
-          y[((int64_t(n) * Ho + oy) * Wo + ox) * Cout + co] = Tr<T>::from_f(v);
-        }
-      }
-      __syncwarp();
+      project<T>(p, sDW, n, oy0 * p.Wo, nrows * p.Wo);
+      oy0 += p.R;
     }
   }
 }
@@ -381,15 +636,14 @@ __global__ void __launch_bounds__(kThreads, (NFW <= kSmallNFW) ? 2 : 1) inverted
 
 constexpr int kMaxDevices = 64;
 
-// Raises the kernel's dynamic shared-memory limit once per (kernel, device) to at least `bytes`.
-template <typename T, int NFW>
+template <typename T, int S>
 cudaError_t ensure_smem_limit(int device, size_t bytes) {
   static std::atomic<size_t> configured[kMaxDevices];
   if (bytes <= 48 * 1024) return cudaSuccess;
   if (device >= 0 && device < kMaxDevices && configured[device].load(std::memory_order_relaxed) >= bytes)
     return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(inverted_residual_kernel<T, NFW>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  cudaError_t err =
+      cudaFuncSetAttribute(mnv2_ir_ring_kernel<T, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kMaxDevices) {
     size_t cur = configured[device].load(std::memory_order_relaxed);
@@ -399,11 +653,11 @@ cudaError_t ensure_smem_limit(int device, size_t bytes) {
   return cudaSuccess;
 }
 
-template <typename T, int NFW>
-cudaError_t launch_typed(const Params& p, dim3 grid, size_t smem, int device, cudaStream_t stream) {
-  cudaError_t err = ensure_smem_limit<T, NFW>(device, smem);
+template <typename T, int S>
+cudaError_t launch_typed(const Params& p, unsigned grid, size_t smem, int device, cudaStream_t stream) {
+  cudaError_t err = ensure_smem_limit<T, S>(device, smem);
   if (err != cudaSuccess) return err;
-  inverted_residual_kernel<T, NFW><<<grid, kThreads, smem, stream>>>(p);
+  mnv2_ir_ring_kernel<T, S><<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -411,47 +665,38 @@ inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr
 
 }  // namespace
 
-extern "C" size_t mnv2_ir_cuda_smem_bytes(int64_t Cin, int64_t Chid, int64_t Cout, int stride, int has_expand) {
-  Layout L;
-  if (!make_layout(Cin, Chid, Cout, stride, has_expand != 0, &L)) return 0;
-  return L.total;
-}
-
 extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, const void* w_expand,
                                            const void* b_expand, const void* w_dw, const void* b_dw,
                                            const void* w_project, const void* b_project, void* y, int64_t N,
-                                           int64_t Cin, int64_t H, int64_t W, int64_t Chid, int64_t Cout,
-                                           int stride, int residual, cudaStream_t stream) {
+                                           int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real,
+                                           int64_t Cout8, int stride, int residual, cudaStream_t stream) {
   if (dtype != MNV2_DTYPE_FLOAT16 && dtype != MNV2_DTYPE_BFLOAT16) return cudaErrorInvalidValue;
-  // H, W <= 2^30 keeps the in-kernel int arithmetic (tile origin * stride, halo coordinates) in range.
-  if (N < 0 || H < 1 || W < 1 || H > (int64_t(1) << 30) || W > (int64_t(1) << 30)) return cudaErrorInvalidValue;
+  if (N < 0 || H < 1 || W < 1 || H > (int64_t(1) << 24) || W > (int64_t(1) << 24)) return cudaErrorInvalidValue;
+  if (Cin8 % 8 || Chid8 % 8 || Cout8 % 8 || Cin8 < 8 || Chid8 < 8 || Cout8 < 8 || chid_real < 1 ||
+      chid_real > Chid8 || Cout8 > kMaxChannels)
+    return cudaErrorInvalidValue;
   const bool has_expand = w_expand != nullptr;
   if (has_expand && b_expand == nullptr) return cudaErrorInvalidValue;
-  if (residual && (stride != 1 || Cin != Cout)) return cudaErrorInvalidValue;
-  Layout L;
-  if (!make_layout(Cin, Chid, Cout, stride, has_expand, &L)) return cudaErrorInvalidValue;
+  if (!has_expand && Chid8 != Cin8) return cudaErrorInvalidValue;
+  if (residual && (stride != 1 || Cin8 != Cout8)) return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
-  if (x == nullptr || w_dw == nullptr || b_dw == nullptr || w_project == nullptr || b_project == nullptr ||
-      y == nullptr)
-    return cudaErrorInvalidValue;
+  const void* ptrs[] = {x, w_dw, b_dw, w_project, b_project, y};
+  for (const void* ptr : ptrs)
+    if (ptr == nullptr || !aligned16(ptr)) return cudaErrorInvalidValue;
+  if (has_expand && (!aligned16(w_expand) || !aligned16(b_expand))) return cudaErrorInvalidValue;
 
-  int device = 0;
+  int device = 0, max_optin = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  int max_optin = 0;
   err = cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
-  if (L.total > size_t(max_optin)) return cudaErrorInvalidValue;
-
-  const int64_t Ho = (H - 1) / stride + 1;
-  const int64_t Wo = (W - 1) / stride + 1;
-  const int64_t tiles_x = (Wo + kTW - 1) / kTW;
-  const int64_t tiles_y = (Ho + kTH - 1) / kTH;
-  const int64_t tiles_per_img = tiles_x * tiles_y;
-  if (tiles_per_img > INT32_MAX || N > INT32_MAX / tiles_per_img) return cudaErrorInvalidValue;
-  const int64_t blocks_x = N * tiles_per_img;
-  const int64_t blocks_y = (Cout + L.cout_tile - 1) / L.cout_tile;
-  if (blocks_y > 65535) return cudaErrorInvalidValue;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  mnv2_ir_plan plan;
+  mnv2_ir_cuda_plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand ? 1 : 0, max_optin, sms, &plan);
+  if (!plan.ok) return cudaErrorInvalidValue;
+  const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, plan.rows, plan.chunk);
 
   Params p;
   p.x = x;
@@ -464,42 +709,43 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   p.y = y;
   p.H = int(H);
   p.W = int(W);
-  p.Cin = int(Cin);
-  p.Chid = int(Chid);
-  p.Cout = int(Cout);
   p.Ho = int(Ho);
   p.Wo = int(Wo);
-  p.stride = stride;
+  p.Cin8 = int(Cin8);
+  p.Chid8 = int(Chid8);
+  p.chid_real = int(chid_real);
+  p.Cout8 = int(Cout8);
   p.residual = residual ? 1 : 0;
   p.has_expand = has_expand ? 1 : 0;
-  p.tiles_x = int(tiles_x);
-  p.tiles_per_img = int(tiles_per_img);
-  p.cout_tile = L.cout_tile;
-  p.CinP = L.CinP;
-  p.LDI = L.LDI;
-  p.HWd = L.HWd;
-  p.HP = L.HP;
-  p.HPP = L.HPP;
-  p.coutP = L.coutP;
-  p.vec_x = (Cin % 8 == 0 && aligned16(x)) ? 1 : 0;
-  p.vec_we = (has_expand && Cin % 8 == 0 && aligned16(w_expand)) ? 1 : 0;
-  p.vec_wp = (Chid % 8 == 0 && aligned16(w_project)) ? 1 : 0;
-  p.off_in = int(L.off_in);
-  p.off_we = int(L.off_we);
-  p.off_exp = int(L.off_exp);
+  p.R = plan.rows;
+  p.HC = plan.chunk;
+  p.nchunks = plan.nchunks;
+  p.RR = plan.ring_rows;
+  p.steps = plan.steps;
+  p.bands = plan.bands;
+  p.items = plan.items;
+  p.LX = int(L.LX);
+  p.LH = int(L.LH);
+  p.LD2 = int(L.LD2);
+  p.KP = int(L.KP);
+  p.CinP = int(round_up(Cin8, 32));
+  p.off_ring = int(L.off_ring);
   p.off_dw = int(L.off_dw);
-  p.off_wp = int(L.off_wp);
   p.off_wdw = int(L.off_wdw);
   p.off_bdw = int(L.off_bdw);
-  p.off_be = int(L.off_be);
-  p.off_scr = int(L.off_scr);
+  p.div_xvec = make_fastdiv(uint32_t(p.CinP / 8));
+  p.div_ncg = make_fastdiv(uint32_t(plan.chunk / 8));
+  p.div_ns = make_fastdiv(uint32_t((Wo + kPX - 1) / kPX));
+  p.div_hcv = make_fastdiv(uint32_t(plan.chunk / 8));
+  p.div_ntp = make_fastdiv(uint32_t((Cout8 + 31) / 32));
+  p.div_nte = make_fastdiv(uint32_t(plan.chunk / 32));
+  if (plan.grid < 1 || plan.grid > INT32_MAX) return cudaErrorInvalidValue;
 
-  const dim3 grid(unsigned(blocks_x), unsigned(blocks_y), 1u);
-  const bool big = L.nfw == kBigNFW;
-  if (dtype == MNV2_DTYPE_FLOAT16) {
-    return big ? launch_typed<__half, kBigNFW>(p, grid, L.total, device, stream)
-               : launch_typed<__half, kSmallNFW>(p, grid, L.total, device, stream);
-  }
-  return big ? launch_typed<__nv_bfloat16, kBigNFW>(p, grid, L.total, device, stream)
-             : launch_typed<__nv_bfloat16, kSmallNFW>(p, grid, L.total, device, stream);
+  const unsigned grid = unsigned(plan.grid);
+  const size_t smem = size_t(plan.smem);
+  if (dtype == MNV2_DTYPE_FLOAT16)
+    return stride == 1 ? launch_typed<__half, 1>(p, grid, smem, device, stream)
+                       : launch_typed<__half, 2>(p, grid, smem, device, stream);
+  return stride == 1 ? launch_typed<__nv_bfloat16, 1>(p, grid, smem, device, stream)
+                     : launch_typed<__nv_bfloat16, 2>(p, grid, smem, device, stream);
 }
