@@ -6,19 +6,19 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <cstdint>
+
 #include "checks.h"
 #include "inverted_residual_cuda.cuh"
 
 namespace {
 
-const char* dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return c10::toString(t);
-  }
+int64_t round8(int64_t c) { return (c + 7) / 8 * 8; }
+
+// t itself when its data is 16-byte aligned (the kernel's vector loads), else an aligned copy.
+at::Tensor aligned(const at::Tensor& t, at::MemoryFormat fmt = at::MemoryFormat::Contiguous) {
+  if ((reinterpret_cast<uintptr_t>(t.data_ptr()) & 15u) == 0) return t;
+  return t.clone(fmt);
 }
 
 at::Tensor inverted_residual_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& w_expand,
@@ -30,51 +30,84 @@ at::Tensor inverted_residual_cuda(const at::Tensor& x, const c10::optional<at::T
   TORCH_CHECK(x.is_cuda(), "mnv2.inverted_residual: the CUDA kernel needs x on a CUDA device, got x on ",
               x.device());
   const at::ScalarType st = x.scalar_type();
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16,
-              "mnv2.inverted_residual: the CUDA kernel supports float16 and bfloat16, got ", dtype_name(st),
-              "; use backend='triton' for float32, or convert with .half() / .bfloat16()");
-  TORCH_CHECK(d.Cin >= 1 && d.Chid >= 1,
-              "mnv2.inverted_residual: the CUDA kernel needs at least one input and one hidden channel, got ",
-              d.Cin, " input and ", d.Chid, " hidden channels");
+  // The dtypes this kernel serves; mnv2_kernels/backends.py (the "cuda" row) lists the same ones.
+  mnv2::check_kernel_dtype("CUDA", x, {at::kHalf, at::kBFloat16});
+  TORCH_CHECK_VALUE(d.Cin >= 1 && d.Chid >= 1,
+                    "mnv2.inverted_residual: the CUDA kernel needs at least one input and one hidden channel, got ",
+                    d.Cin, " input and ", d.Chid, " hidden channels");
 
   const c10::cuda::CUDAGuard guard(x.device());
   const auto out_format = mnv2::wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (d.N == 0 || d.Cout == 0)
     return at::empty({d.N, d.Cout, d.Ho, d.Wo}, x.options().memory_format(out_format));
 
-  const size_t smem = mnv2_ir_cuda_smem_bytes(d.Cin, d.Chid, d.Cout, int(stride), d.has_expand ? 1 : 0);
-  const int64_t smem_max = int64_t(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
-  TORCH_CHECK(smem != 0 && int64_t(smem) <= smem_max, "mnv2.inverted_residual: the CUDA kernel cannot run a block with ",
-              d.Cin, " -> ", d.Chid, " -> ", d.Cout, " channels, stride ", stride, ": it needs ", smem,
-              " bytes of shared memory per CTA but ", x.device(), " allows ", smem_max,
-              "; use backend='triton' for this block");
+  // The kernel takes channel counts that are multiples of 8 (16-byte vectors): odd counts are zero-padded here
+  // (the kernel forces padded hidden channels to 0, so a NaN cannot leak through them) and the output sliced.
+  const int64_t cin8 = round8(d.Cin), chid8 = d.has_expand ? round8(d.Chid) : cin8, cout8 = round8(d.Cout);
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  mnv2_ir_plan plan;
+  mnv2_ir_cuda_plan(d.N, cin8, chid8, cout8, d.H, d.W, int(stride), d.has_expand ? 1 : 0,
+                    int64_t(props->sharedMemPerBlockOptin), props->multiProcessorCount, &plan);
+  TORCH_CHECK(plan.ok, "mnv2.inverted_residual: the CUDA kernel cannot run a block with ", d.Cin, " -> ", d.Chid,
+              " -> ", d.Cout, " channels, stride ", stride, ", on ", d.H, "x", d.W, " images: even one image row of ",
+              d.W, " pixels needs more than the ", props->sharedMemPerBlockOptin, " bytes of shared memory per CTA of ",
+              x.device(), "; use backend='triton' for this block");
 
-  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  if (cin8 != d.Cin)
+    xc = at::constant_pad_nd(xc, {0, 0, 0, 0, 0, cin8 - d.Cin}).contiguous(at::MemoryFormat::ChannelsLast);
+  xc = aligned(xc, at::MemoryFormat::ChannelsLast);
   at::Tensor we, be;
   if (d.has_expand) {
-    we = w_expand->contiguous();
-    be = b_expand->contiguous();
+    we = aligned(at::constant_pad_nd(w_expand->contiguous(), {0, cin8 - d.Cin, 0, chid8 - d.Chid}));
+    be = aligned(at::constant_pad_nd(b_expand->contiguous(), {0, chid8 - d.Chid}));
   }
-  const at::Tensor wdw = w_dw.contiguous();
-  const at::Tensor bdw = b_dw.contiguous();
-  const at::Tensor wp = w_project.contiguous();
-  const at::Tensor bp = b_project.contiguous();
-  at::Tensor y = at::empty({d.N, d.Cout, d.Ho, d.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor wdw = aligned(at::constant_pad_nd(w_dw.reshape({d.Chid, 9}), {0, 0, 0, chid8 - d.Chid}));
+  const at::Tensor bdw = aligned(at::constant_pad_nd(b_dw.contiguous(), {0, chid8 - d.Chid}));
+  const at::Tensor wp = aligned(at::constant_pad_nd(w_project.contiguous(), {0, chid8 - d.Chid, 0, cout8 - d.Cout}));
+  const at::Tensor bp = aligned(at::constant_pad_nd(b_project.contiguous(), {0, cout8 - d.Cout}));
+  at::Tensor y = at::empty({d.N, cout8, d.Ho, d.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 
   const cudaError_t err = mnv2_ir_cuda_launch(
       st == at::kHalf ? MNV2_DTYPE_FLOAT16 : MNV2_DTYPE_BFLOAT16, xc.data_ptr(),
       d.has_expand ? we.data_ptr() : nullptr, d.has_expand ? be.data_ptr() : nullptr, wdw.data_ptr(),
-      bdw.data_ptr(), wp.data_ptr(), bp.data_ptr(), y.data_ptr(), d.N, d.Cin, d.H, d.W, d.Chid, d.Cout,
+      bdw.data_ptr(), wp.data_ptr(), bp.data_ptr(), y.data_ptr(), d.N, cin8, d.H, d.W, chid8, d.Chid, cout8,
       int(stride), residual ? 1 : 0, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "mnv2.inverted_residual: the CUDA kernel failed for a block with ", d.Cin, " -> ",
-              d.Chid, " -> ", d.Cout, " channels, stride ", stride, ", input ", x.sizes(), " ", dtype_name(st),
-              " on ", x.device(), ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
-  return out_format == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
+              d.Chid, " -> ", d.Cout, " channels, stride ", stride, ", input ", x.sizes(), " ",
+              mnv2::py_dtype_name(st), " on ", x.device(), ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err),
+              ")");
+  if (cout8 != d.Cout) y = y.narrow(1, 0, d.Cout);
+  return y.contiguous(out_format);
+}
+
+// The launch plan for a shape (kernel channel counts), for tests/test_cuda_emulation.py to compare with
+// mnv2_kernels/cuda_plan.py. No GPU needed.
+pybind11::dict plan_py(int64_t N, int64_t cin8, int64_t chid8, int64_t cout8, int64_t H, int64_t W, int stride,
+                       int has_expand, int64_t smem_limit, int num_sms) {
+  mnv2_ir_plan p;
+  mnv2_ir_cuda_plan(N, cin8, chid8, cout8, H, W, stride, has_expand, smem_limit, num_sms, &p);
+  pybind11::dict r;
+  r["ok"] = p.ok;
+  r["rows"] = p.rows;
+  r["chunk"] = p.chunk;
+  r["nchunks"] = p.nchunks;
+  r["ring_rows"] = p.ring_rows;
+  r["steps"] = p.steps;
+  r["bands"] = p.bands;
+  r["ctas_per_sm"] = p.ctas_per_sm;
+  r["items"] = p.items;
+  r["grid"] = p.grid;
+  r["smem"] = p.smem;
+  return r;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2, CUDA, m) { m.impl("inverted_residual", &inverted_residual_cuda); }
 
-// Importing the module runs the registration above; it exposes nothing to Python itself.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "mnv2_kernels CUDA kernel (registers mnv2::inverted_residual for CUDA)"; }
+// Importing the module runs the registration above; _plan is for tests only.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mnv2_kernels CUDA kernel (registers mnv2::inverted_residual for CUDA)";
+  m.def("_plan", &plan_py, "the CUDA kernel's launch plan (see mnv2_kernels/cuda_plan.py)");
+}
