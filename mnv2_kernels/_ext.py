@@ -1,6 +1,7 @@
-"""Loads the compiled extensions; a missing or broken one is a warning, never a crash at import.
+"""Loads the compiled extensions; a missing or broken one is never a crash at import.
 
-``CPU_EXT_ERROR`` / ``CUDA_EXT_ERROR`` hold the reason an extension is unavailable (None when loaded).
+``CPU_EXT_ERROR`` / ``CUDA_EXT_ERROR`` hold the reason an extension is unavailable (None when loaded); the
+backend table (mnv2_kernels/backends.py) reports it when a backend that needs the extension is asked for.
 
 The build path is `pip install --no-build-isolation -e .` (setup.py). When the package was installed
 without its extensions (a plain, build-isolated ``pip install -e .`` has no torch to build with), the CPU
@@ -14,7 +15,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import warnings
 
 from . import _build_config as _cfg
 
@@ -69,9 +69,8 @@ def _load(name: str, jit=None):
 
 
 CPU_EXT, CPU_EXT_ERROR = _load("mnv2_kernels._C", jit=_jit_build_cpu)
-if CPU_EXT_ERROR is not None:
-    warnings.warn(f"mnv2_kernels: the fused CPU kernel is unavailable ({CPU_EXT_ERROR}). backend='auto' falls "
-                  "back to the plain PyTorch reference on CPU. Rebuild with "
-                  "`pip install --no-build-isolation -e .` in an environment that has torch.", stacklevel=2)
+# No warning here: the backend table (mnv2_kernels/backends.py) says it once, when it matters, with the dtype
+# and this reason: backend='auto' warns once per (device, dtype) that it falls back to the reference;
+# backend='cpu' raises.
 
 CUDA_EXT, CUDA_EXT_ERROR = _load("mnv2_kernels._C_cuda")

@@ -227,8 +227,9 @@ def _dtype_str(dtype: Optional[torch.dtype]) -> str:
     return f"{dtype} tensors" if dtype is not None else "tensors"
 
 
-def _reason_lines(names: Sequence[str], device: torch.device, dtype: Optional[torch.dtype]) -> List[str]:
-    return [f"  {n}: {'; '.join(ROWS[n].not_supported_reasons(device, dtype))}" for n in names]
+def _reason_lines(names: Sequence[str], device: torch.device, dtype: Optional[torch.dtype],
+                  tag: Callable[[str], str] = lambda name: "") -> List[str]:
+    return [f"  {n}{tag(n)}: {'; '.join(ROWS[n].not_supported_reasons(device, dtype))}" for n in names]
 
 
 def _explicit_error(row: Backend, device: torch.device, dtype: Optional[torch.dtype],
@@ -259,10 +260,12 @@ def _warn_fallback(device: torch.device, dtype: torch.dtype) -> None:
             return
         _warned.add(key)
     kernels = [n for n in ROWS if n != "reference"]
+    tried = auto_priority(device)
     warnings.warn("\n".join(
         [f"mnv2_kernels: no fused kernel serves {dtype} tensors on {device}, so backend='auto' runs the plain "
          "PyTorch reference (correct, not faster). Why each kernel refused:"]
-        + _reason_lines(kernels, device, dtype)
+        + _reason_lines(kernels, device, dtype,
+                        lambda n: "" if n in tried else f" (not tried by backend='auto' on {device.type})")
         + ["(Shown once per device and dtype.)"]), ReferenceFallbackWarning, stacklevel=4)
 
 
