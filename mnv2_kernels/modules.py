@@ -11,6 +11,7 @@ the fused computation might not be exactly the original's (rules: docs/CONTRACT.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -49,10 +50,14 @@ def _geometry(m: nn.Module) -> tuple:
     return (getattr(m, "eps", None), getattr(m, "track_running_stats", None))
 
 
-def _fallback_reason(mods: List[nn.Module]) -> Optional[str]:
-    """Why the modules of a block cannot run fused right now (None when they can). Cheap: runs every call."""
-    for m in mods:
-        if m.training:
+# Layers that compute the same in training and eval mode (a freshly built Conv2d is in training mode).
+_MODE_FREE = (nn.Conv2d, nn.Hardtanh, nn.ReLU, nn.Identity, nn.Sequential)
+
+
+def _fallback_reason(nodes: tuple) -> Optional[str]:
+    """Why the modules of a block cannot run fused right now (None when they can); nodes as _Structure's."""
+    for m, _, mode_matters in nodes:
+        if m.training and mode_matters:
             return f"{type(m).__name__} is in training mode"
         if m._forward_hooks or m._forward_pre_hooks:
             return f"{type(m).__name__} has forward hooks"
@@ -66,7 +71,7 @@ def _fallback_reason(mods: List[nn.Module]) -> Optional[str]:
 class _Structure(NamedTuple):
     """What the fused computation was derived from: checked by identity and attributes every call."""
     mods: List[nn.Module]            # the original and all its descendants
-    nodes: tuple                     # (module, tuple of its children) for each of mods
+    nodes: tuple                     # (module, tuple of its children, whether its mode matters) for each of mods
     plan: Any                        # BlockPlan / ConvBNPlan, or None when the block is no longer fusable
     targets: Tuple[nn.Module, ...]   # the folded-from modules (convs and BNs)
     geometry: tuple                  # _geometry() of each target
@@ -78,6 +83,17 @@ class _CacheEntry(NamedTuple):
     folded: Any
     sources: tuple                   # the folded-from tensors, kept alive so their addresses stay unique
     targets: tuple                   # the folded-from modules
+    run: Optional[Callable]          # the backend's op for this (device, dtype) (blocks only)
+
+
+def _select_op(backend: str, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
+    """The op that runs ``backend`` for (device, dtype): the backend table's row, resolved once per cache slot
+    (raises its ValueError / TypeError / RuntimeError when the backend cannot serve them)."""
+    try:
+        from . import backends
+    except ImportError:  # an older ops module without the table
+        return functools.partial(ops.inverted_residual, backend=backend)
+    return backends.select(backend, device, dtype).run
 
 
 def _tensors(m: nn.Module, out: list) -> list:
@@ -166,8 +182,10 @@ class _FoldedModule(nn.Module):
         """Drops the folded weights and recognises the module again on the next call.
 
         Call it after changing weights in ways PyTorch does not record (``p.data.mul_()``, writes through
-        ``p.detach().numpy()``) while the module stays in eval mode (``train()`` / ``eval()`` refresh too).
-        ``mnv2_kernels.refresh(model)`` does it for every fused module of a model.
+        ``p.detach().numpy()``) while the module stays in eval mode (``train()`` / ``eval()`` drop the folded
+        weights too), or after changing the original's class (its forward). ``mnv2_kernels.refresh(model)``
+        does it for every fused module of a model. Recognising traces the block with torch.fx, which patches
+        ``nn.Module`` globally while it runs: do not call it while other threads run models.
         """
         self._invalidate()
         return self
@@ -197,14 +215,18 @@ class _FoldedModule(nn.Module):
         original = self.__dict__["_original"]
         targets = () if plan is None else tuple(original.get_submodule(p) for p in self._plan_paths(plan))
         mods = _walk(original, [])
-        nodes = tuple((m, tuple(m._modules.values())) for m in mods)
+        # parametrizations (torch.nn.utils.parametrize) run the same code for the original and the fold
+        in_parametrizations = {id(p) for m in mods if isinstance(getattr(m, "parametrizations", None), nn.ModuleDict)
+                               for p in m.parametrizations.modules()}
+        nodes = tuple((m, tuple(m._modules.values()), not isinstance(m, _MODE_FREE) and id(m) not in in_parametrizations)
+                      for m in mods)
         return _Structure(mods, nodes, plan, targets, tuple(_geometry(m) for m in targets), reason)
 
     def _unchanged(self, st: _Structure) -> bool:
         """True when nothing the fused path depends on changed since ``st`` was built and nothing asks for
         the original's forward (one pass over the block's modules; this runs every call)."""
-        for m, kids in st.nodes:
-            if m.training or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+        for m, kids, mode_matters in st.nodes:
+            if (m.training and mode_matters) or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
                 return False
             if (tuple(m._modules.values()) != kids) if kids else m._modules:
                 return False
@@ -244,11 +266,15 @@ class _FoldedModule(nn.Module):
         st = self._structure()
         if st.plan is None:
             raise ValueError(f"{type(self).__name__}: {st.reason}")
-        return self._folded(st, dtype, device)
+        return self._folded(st, dtype, device).folded
 
-    def _folded(self, st: _Structure, dtype: torch.dtype, device: Optional[torch.device]) -> Any:
-        if torch.compiler.is_compiling():
-            return self._fold(st.targets, dtype)  # traced: inductor treats it as constant work
+    def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Optional[Callable]:
+        """The op that runs the folded weights (None: the subclass runs them itself)."""
+        return None
+
+    def _folded(self, st: _Structure, dtype: torch.dtype, device: Optional[torch.device]) -> _CacheEntry:
+        if torch.compiler.is_compiling():  # traced: inductor treats the folding as constant work
+            return _CacheEntry((), self._fold(st.targets, dtype), (), st.targets, None)
         tensors: list = []
         for m in st.targets:
             _tensors(m, tensors)
@@ -262,7 +288,7 @@ class _FoldedModule(nn.Module):
         slot = (device if device is not None else (tensors[0].device if tensors else None), dtype)
         entry = self.__dict__["_cache"].get(slot)
         if entry is not None and entry.key == key and entry.targets is st.targets:
-            return entry.folded
+            return entry
         with _FOLD_LOCK:
             cache = self.__dict__["_cache"]
             entry = cache.get(slot)
@@ -270,12 +296,13 @@ class _FoldedModule(nn.Module):
                 tracing = torch._C._get_tracing_state()
                 torch._C._set_tracing_state(None)  # torch.jit.trace: the folded weights become constants
                 try:
+                    run = self._op(slot[0], dtype)
                     with torch.no_grad():
-                        entry = _CacheEntry(key, self._fold(st.targets, dtype), tuple(tensors), st.targets)
+                        entry = _CacheEntry(key, self._fold(st.targets, dtype), tuple(tensors), st.targets, run)
                 finally:
                     torch._C._set_tracing_state(tracing)
                 cache[slot] = entry
-        return entry.folded
+        return entry
 
     # -- which path -------------------------------------------------------------------------------------------
     def _warn_once(self, what: str, message: str) -> None:
@@ -309,7 +336,7 @@ class _FoldedModule(nn.Module):
         if st.plan is not None and self._unchanged(st):
             return st  # the fast path
         mods = _walk(self._original, [])
-        reason = _fallback_reason(mods)
+        reason = _fallback_reason(self._build_structure(None, None).nodes)
         if reason is None:
             st = self._structure(mods)
             if st.plan is not None:
@@ -363,6 +390,9 @@ class FusedInvertedResidual(_FoldedModule):
     def _plan_paths(self, plan: BlockPlan) -> Tuple[str, ...]:
         return (*(plan.expand or ()), *plan.depthwise, *plan.project)
 
+    def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
+        return _select_op(self.backend, device, dtype)
+
     def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype) -> FoldedBlock:
         m = targets  # (expand conv, bn)?, dw conv, bn, project conv, bn
         exp = (m[0], m[1]) if len(m) == 6 else None
@@ -372,8 +402,10 @@ class FusedInvertedResidual(_FoldedModule):
         st = self._fused_structure(x)
         if st is None:
             return self._original(x)
-        w = self._folded(st, x.dtype, x.device)
-        return ops.inverted_residual(x, *w, st.plan.stride, st.plan.residual, backend=self.backend)
+        entry = self._folded(st, x.dtype, x.device)
+        if entry.run is None:  # traced by torch.compile / torch.export
+            return ops.inverted_residual(x, *entry.folded, st.plan.stride, st.plan.residual, backend=self.backend)
+        return entry.run(x, *entry.folded, st.plan.stride, st.plan.residual)
 
 
 _ACTIVATIONS: Dict[Optional[str], Optional[Callable]] = {
@@ -403,7 +435,7 @@ class FoldedConvBNAct(_FoldedModule):
         st = self._fused_structure(x)
         if st is None:
             return self._original(x)
-        w, b = self._folded(st, x.dtype, x.device)
+        w, b = self._folded(st, x.dtype, x.device).folded
         conv = st.targets[0]
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         act: Optional[Callable] = _ACTIVATIONS[st.plan.activation]

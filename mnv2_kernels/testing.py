@@ -56,3 +56,47 @@ def random_block_args(cin: int, chid: int, cout: int, *, stride: int = 1, residu
 def to_float64(args: Tuple) -> Tuple:
     """The same op arguments in float64 on the CPU (for a high-precision reference)."""
     return tuple(a.detach().to("cpu", torch.float64) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def assert_matches(got: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "") -> float:
+    """The accuracy check of the tests: ``got`` has NaN, +inf and -inf exactly where ``ref`` has them, and on
+    the finite positions max |got - ref| / max |ref| <= tol (computed in float64). Returns that error.
+
+    Raises AssertionError naming the first position where the special values differ, or the error found.
+    """
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
+    g, r = got.detach().to("cpu", torch.float64), ref.detach().to("cpu", torch.float64)
+    for name, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        diff = test(g) != test(r)
+        if diff.any():
+            at = tuple(int(i) for i in diff.nonzero()[0])
+            raise AssertionError(f"{what}: {name} positions differ ({int(diff.sum())} of {diff.numel()}), first at "
+                                 f"{at}: got {g[at].item()}, expected {r[at].item()}")
+    finite = torch.isfinite(r)
+    if not finite.any():
+        return 0.0
+    scale = r[finite].abs().max().clamp_min(1e-30)
+    err = ((g[finite] - r[finite]).abs().max() / scale).item()
+    assert err <= tol, f"{what}: max |got - ref| / max |ref| = {err:.3e} > {tol:.1e}"
+    return err
+
+
+# (backend, device) pairs the module-level tests run on; those this machine cannot run are skipped.
+BACKEND_DEVICES = (("cpu", "cpu"), ("reference", "cpu"), ("triton", "cpu"),
+                   ("cuda", "cuda"), ("triton", "cuda"), ("reference", "cuda"))
+
+
+def backend_skip_reason(backend: str, device: str) -> Optional[str]:
+    """Why the tests cannot run ``backend`` on ``device`` here (None when they can). The Triton interpreter
+    ("triton" on "cpu") runs only on machines without a GPU, where tests/conftest.py turns it on."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if backend == "triton" and device == "cpu" and torch.cuda.is_available():
+        return "the Triton interpreter is tested on machines without a GPU"
+    from . import ops
+    return ops.backend_unavailable_reason(backend, torch.device(device))
+
+
+def kernel_dtype(backend: str) -> torch.dtype:
+    """The dtype module-level tests use for ``backend`` (the CUDA kernel computes float16/bfloat16 only)."""
+    return torch.float16 if backend == "cuda" else torch.float32

@@ -162,23 +162,24 @@ def test_backend_errors_name_what_is_missing():
 
 def test_fused_path_is_really_taken(monkeypatch):
     """Guards against a silently unfused model: every block must call the fused op in eval + no_grad."""
-    from mnv2_kernels import ops
+    from mnv2_kernels import backends
 
     calls = []
-    real = ops.inverted_residual
+    real = backends.Backend.run
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return real(*args, **kwargs)
+    def counting(row, *args):
+        calls.append(row.name)
+        return real(row, *args)
 
-    monkeypatch.setattr(ops, "inverted_residual", counting)
+    monkeypatch.setattr(backends.Backend, "run", counting)
     model = randomize_bn_(mobilenet_v2().eval())
     fused, report = mk.fuse(model, return_report=True)
     assert [r.path for r in report.folded] == ["features.0", "features.18"]
     assert not fused.training and all(not m.training for m in fused.modules())
     with torch.inference_mode():
         fused(torch.randn(1, 3, 32, 32))
-    assert len(calls) == 17
+        fused(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 34 and len(set(calls)) == 1
 
 
 def test_fusing_twice_changes_nothing():
