@@ -1,7 +1,8 @@
 """The fused Triton kernel (mnv2_kernels/triton) against a float64 reference of docs/CONTRACT.md.
 
-Without a GPU the tests run the kernel in Triton's interpreter on CPU tensors (small shapes; the whole
-CPU part takes about a minute on 2 cores). With a GPU, the `*_gpu` tests compile it and check every
+Without a GPU the tests run the kernel in Triton's interpreter on CPU tensors (small shapes, a persistent
+grid of 3 programs so that rings are carried across bands and images; the whole CPU part takes about a
+minute on 2 cores), including NaN/Inf propagation and the bfloat16 refusal. With a GPU, the `*_gpu` tests compile it and check every
 MobileNetV2 block shape at batch 1, 8 and 64 in float16, bfloat16 and float32: the kernel's error against
 float64 must stay within twice PyTorch eager's error on the same inputs (plus a small floor).
 
@@ -25,8 +26,7 @@ from mnv2_kernels.reference import inverted_residual_reference  # noqa: E402
 from mnv2_kernels.testing import random_block_args, to_float64  # noqa: E402
 from mnv2_kernels.triton import inverted_residual_triton  # noqa: E402
 
-# The launcher's module (the package attribute of the same name is the function).
-launcher = importlib.import_module("mnv2_kernels.triton.inverted_residual_triton")
+launcher = importlib.import_module("mnv2_kernels.triton.launcher")
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 interpreter_only = pytest.mark.skipif(torch.cuda.is_available(),
@@ -111,18 +111,11 @@ def test_input_layouts(case, kind):
 
 
 # bfloat16 is left to the GPU tests: Triton 3.8's interpreter computes tl.dot on bfloat16 operands wrongly
-# (a 16x16 bf16 dot returns ~1e10).
+# (a 16x16 bf16 dot returns ~1e10), so the launcher refuses bfloat16 CPU tensors (test_errors).
 @interpreter_only
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[6]], ids=case_id)
 def test_float16(case):
     assert run_case(case, dtype=torch.float16, kind="channels_last") < INTERP_TOL[torch.float16]
-
-
-@interpreter_only
-@pytest.mark.parametrize("depthwise", ["gather", "recompute"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2]], ids=case_id)
-def test_depthwise_modes(case, depthwise):
-    assert run_case(case, depthwise=depthwise) < INTERP_TOL[torch.float32]
 
 
 @interpreter_only
@@ -131,20 +124,84 @@ def test_tf32_option_runs():
 
 
 @interpreter_only
-@pytest.mark.parametrize("tile_h,tile_w,chunk,block_k,block_co", [
-    (2, 8, 16, 16, 16),     # several output-channel blocks, input-channel steps, chunks, tiles
-    (8, 2, 16, 16, 32),
-    (4, 4, 32, 32, 64),
+@pytest.mark.parametrize("block_pb,rows,block_pa,chunk,block_k,block_co,co_tiles,co_rest", [
+    (16, 1, 16, 16, 16, 16, 2, 16),     # several tiles per band and per expanded row, K steps, project tiles
+    (32, 2, 64, 32, 64, 32, 1, 16),     # two-row bands, one K step, a smaller last project tile
+    (64, 5, 32, 64, 32, 64, 1, 0),      # bands of 5 rows (the last one short), expand tiles across rows
 ])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_forced_tilings(monkeypatch, tile_h, tile_w, chunk, block_k, block_co, stride):
-    """Tilings the heuristic rarely picks for small shapes: several program axes and loop trip counts."""
-    halo_w = (tile_w - 1) * stride + 3
-    halo_p = launcher._next_pow2(((tile_h - 1) * stride + 3) * halo_w)
-    cfg = launcher._Config(tile_h, tile_w, halo_w, halo_p, chunk, block_k, block_co, 4)
+def test_forced_tilings(monkeypatch, block_pb, rows, block_pa, chunk, block_k, block_co, co_tiles, co_rest, stride):
+    """Configurations the heuristic rarely picks for small shapes: several loop trip counts everywhere."""
+    cin, chid = 40, 120
+    cfg = launcher._Config(block_pb, rows, (rows - 1) * stride + 3, block_pa, chunk, -(-chid // chunk) * chunk,
+                           block_k, -(-cin // block_k), block_co, co_tiles, co_rest, 4, 2)
     monkeypatch.setattr(launcher, "_pick_config", lambda *a: cfg)
-    case = (40, 120, 40, stride, stride == 1, True, 2, 9, 11)
+    case = (cin, chid, 40, stride, stride == 1, True, 2, 9, 11)
     assert run_case(case) < INTERP_TOL[torch.float32]
+
+
+@interpreter_only
+@pytest.mark.parametrize("programs", [1, 2, 5])
+def test_persistent_grid_sizes(monkeypatch, programs):
+    """One program doing every band of every image (the ring carried across images) up to one per band."""
+    monkeypatch.setattr(launcher, "_INTERPRETER_PROGRAMS", programs)
+    assert run_case((8, 24, 8, 1, True, True, 2, 5, 6)) < INTERP_TOL[torch.float32]
+
+
+def _nonfinite_case(cin, chid, cout, stride, residual, expand, n, h, w, poison):
+    """Block arguments with non-finite values planted in x: (image, channel, row, col, value) per entry."""
+    args = random_block_args(cin, chid, cout, stride=stride, residual=residual, expand=expand, n=n, h=h, w=w)
+    x = args[0].clone()
+    for img, ch, row, col, val in poison:
+        x[img, ch, row, col] = val
+    return (x,) + args[1:]
+
+
+def check_nonfinite(args, **kwargs):
+    """The kernel's output is NaN / +inf / -inf exactly where PyTorch's block's is, and close elsewhere."""
+    y = inverted_residual_triton(*args, **kwargs).double()
+    ref = inverted_residual_reference(*to_float64(args))
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(y == float("inf"), ref == float("inf"))
+    assert torch.equal(y == -float("inf"), ref == -float("inf"))
+    fin = torch.isfinite(ref)
+    assert fin.any()
+    assert ((y[fin] - ref[fin]).abs().max() / ref[fin].abs().max()).item() < INTERP_TOL[torch.float32]
+    return ref
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * w in numpy
+@interpreter_only
+@pytest.mark.parametrize("stride", [1, 2])
+def test_nan_propagates_like_pytorch(stride):
+    """A NaN input pixel poisons exactly the outputs whose 3x3 window (in the expanded space) covers it:
+    ReLU6 keeps NaN (a max/min clamp would turn it into 0), and the zero padding of the image border and of
+    padded channels never multiplies a NaN into other pixels."""
+    nan = float("nan")
+    args = _nonfinite_case(13, 39, 13, stride, stride == 1, True, 2, 7, 9,
+                           [(0, 3, 0, 0, nan), (0, 0, 4, 5, nan), (1, 12, 6, 8, nan)])
+    ref = check_nonfinite(args)
+    assert ref.isnan().any() and not ref.isnan().all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * w in numpy
+@interpreter_only
+def test_nan_propagates_without_expand():
+    args = _nonfinite_case(7, 7, 7, 1, True, False, 1, 6, 6, [(0, 2, 5, 0, float("nan"))])
+    assert check_nonfinite(args).isnan().any()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * w in numpy
+@interpreter_only
+@pytest.mark.parametrize("residual", [False, True])
+def test_inf_is_clamped_not_multiplied_by_zero(residual):
+    """+/-inf in x: relu6(+/-inf) is 6 or 0 in PyTorch, so the block output stays finite (inf where the residual
+    adds x itself); the kernel must not compute inf * 0 = NaN for padded channels or out-of-image pixels.
+    39 expanded channels pad to the kernel's channel chunks."""
+    inf = float("inf")
+    args = _nonfinite_case(13, 39, 13, 1, residual, True, 1, 5, 6, [(0, 1, 0, 0, inf), (0, 5, 2, 3, -inf)])
+    ref = check_nonfinite(args)
+    assert ref.isnan().sum() == 0 and ref.isinf().any() == residual
 
 
 @interpreter_only
@@ -181,10 +238,35 @@ def test_errors():
         inverted_residual_triton(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
     with pytest.raises(ValueError, match="block expects 8 input channels, got 5"):
         inverted_residual_triton(torch.randn(1, 5, 9, 9), *args[1:])
-    with pytest.raises(ValueError, match="depthwise must be one of"):
-        inverted_residual_triton(*args, depthwise="shared")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        inverted_residual_triton(*args, variant="gather")
     with pytest.raises(ValueError, match="fp32_precision must be one of"):
         inverted_residual_triton(*args, fp32_precision="bf16")
+
+
+@interpreter_only
+def test_bfloat16_cpu_refused():
+    """Triton's interpreter computes bfloat16 tl.dot wrongly: the launcher refuses it, saying what to do."""
+    args = random_block_args(8, 48, 8, residual=True, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"float32 and float16, got torch.bfloat16.*backend='cpu'"):
+        inverted_residual_triton(*args)
+
+
+@interpreter_only
+def test_static_plans_match_the_launch():
+    """static_plans (the static sm_90a report's view) describes the configuration the launcher uses."""
+    plans = launcher.static_plans(256, 24, 144, 24, 56, 56, 1, True, True, torch.float16)
+    assert [p["chosen"] for p in plans].count(True) == 1
+    plan = plans[0]
+    cfg, programs, ints, consts = launcher._launch_params(256, 24, 144, 24, 56, 56, 1, True, True,
+                                                          torch.float16, 132)
+    assert plan["constexprs"] == consts and plan["programs"] == programs and plan["num_warps"] == cfg.num_warps
+    assert all(plan["args"][k] == v for k, v in ints.items())
+    params = [p.name for p in plan["kernel"].params] if hasattr(plan["kernel"], "params") else None
+    if params is not None:
+        assert set(params) == set(plan["args"]) | set(plan["constexprs"])
+    assert plan["trips"][1] == ints["ITEMS_PER_PROG"] and plan["trips"][3] >= plan["trips"][2] >= plan["trips"][1]
+    assert programs * cfg.ring * (56 + 2) * cfg.chs * 4 <= launcher._L2_SCRATCH_BYTES
 
 
 @interpreter_only
@@ -244,24 +326,23 @@ def gpu_args(cin, chid, cout, stride, residual, expand, n, h, w, dtype, seed=0):
 
 def _compile_job(job):
     """Worker process: runs one GPU case at batch 1, which leaves its kernel in Triton's on-disk cache."""
-    case, dtype, depthwise = job
-    inverted_residual_triton(*gpu_args(*case[:6], 1, *case[7:], dtype), depthwise=depthwise)
+    case, dtype = job
+    inverted_residual_triton(*gpu_args(*case[:6], 1, *case[7:], dtype))
     torch.cuda.synchronize()
 
 
 def _gpu_compile_jobs():
-    """One (case, dtype, depthwise) per distinct kernel specialisation the GPU tests below need."""
-    jobs = ([((cin, chid, cout, s, res, exp, 1, h, h), dt, "auto")
+    """One (case, dtype) per distinct kernel specialisation the GPU tests below need (channel counts and the
+    configuration are compile-time constants; image sizes and the batch are not)."""
+    jobs = ([((cin, chid, cout, s, res, exp, 1, h, h), dt)
              for _, cin, chid, cout, s, res, exp, h in GPU_SHAPES for dt in GPU_DTYPES]
-            + [(case, dt, "auto") for case, dt in ODD_GPU]
-            + [(case, torch.float16, mode) for case in DEPTHWISE_GPU_CASES for mode in ("gather", "recompute")]
-            + [(LAYOUT_GPU_CASE, torch.float16, "auto"), (INT64_GPU_CASE, torch.float16, "auto")])
+            + [(case, dt) for case, dt in ODD_GPU]
+            + [(LAYOUT_GPU_CASE, torch.float16), (INT64_GPU_CASE, torch.float16)])
     distinct = {}
-    for case, dt, mode in jobs:
+    for case, dt in jobs:
         cin, chid, cout, s, res, exp, _, h, w = case
         cfg = launcher._pick_config(cin, chid, cout, h, w, s, exp, dt)
-        aligned = tuple((v % 16 == 0, v == 1) for v in (cin, chid, cout))
-        distinct.setdefault((cfg, s, res, exp, dt, aligned, mode), (case, dt, mode))
+        distinct.setdefault((cfg, cin, chid, cout, s, res, exp, dt), (case, dt))
     return list(distinct.values())
 
 
@@ -302,7 +383,6 @@ def test_mobilenetv2_blocks_gpu(precompiled, backend, shape, batch, dtype):
     check_gpu(backend, gpu_args(cin, chid, cout, s, res, exp, batch, h, h, dtype), dtype)
 
 
-DEPTHWISE_GPU_CASES = [CASES[0], CASES[1], GPU_SHAPES[3][1:7] + (2, 56, 56)]
 LAYOUT_GPU_CASE = (24, 144, 24, 1, True, True, 3, 15, 13)
 INT64_GPU_CASE = (16, 16, 16, 1, True, False, 8193, 128, 128)    # 8193 * 16 * 128 * 128 > 2^31 elements
 # Every odd case in float16; a few in bfloat16 and float32 (each (shape, dtype) pair is one more compile).
@@ -326,13 +406,18 @@ def test_layouts_gpu(precompiled, backend, kind):
 
 
 @requires_cuda
-@pytest.mark.parametrize("depthwise", ["gather", "recompute"])
-@pytest.mark.parametrize("case", DEPTHWISE_GPU_CASES, ids=case_id)
-def test_depthwise_modes_gpu(precompiled, case, depthwise):
-    args = gpu_args(*case, torch.float16)
-    y = inverted_residual_triton(*args, depthwise=depthwise)
-    ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
-    assert rel_err(y, ref) <= 2 * rel_err(inverted_residual_reference(*args), ref) + GPU_ATOL[torch.float16]
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_nan_inf_gpu(precompiled, dtype):
+    """NaN/Inf propagate on the GPU exactly as in PyTorch's block (same NaN/inf positions)."""
+    args = gpu_args(*LAYOUT_GPU_CASE, dtype)
+    x = args[0].clone()
+    x[0, 3, 0, 0], x[1, 5, 7, 6], x[2, 0, 14, 12] = float("nan"), float("inf"), -float("inf")
+    with torch.no_grad():
+        y = inverted_residual_triton(x, *args[1:]).double()
+        ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a
+                                            for a in (x,) + args[1:]])
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    assert ref.isnan().any() and torch.isfinite(ref).any()
 
 
 @requires_cuda

@@ -1,0 +1,216 @@
+"""Triton kernel of the fused MobileNetV2 inverted-residual block (docs/CONTRACT.md): the "ring" design.
+
+Persistent grid: program ``pid`` owns a contiguous range of work items, item = (image n, band of R output
+rows); consecutive items of a program are, mostly, consecutive bands of one image. Each program keeps two
+private scratch buffers in global memory, small enough that the whole grid's scratch stays in L2:
+
+    ring[pid]  [RING, W + 2, CHS] float32: the expanded, activated input rows of the current band (row iy in
+               slot iy % RING, column ix at ix + 1; columns 0 and W + 1 and the rows -1 and H outside the
+               image hold zeros); each input row is expanded once per image and program (a program's first
+               band of an image also expands the band's halo rows)
+    dbuf[pid]  [BLOCK_PB, CHS] in x's dtype: the depthwise output of the current tile (the project's operand)
+
+Per item:
+    phase A (expand): for the input rows the band needs and the ring does not hold yet, in tiles of BLOCK_PA
+        pixels and chunks of CHUNK expanded channels (rows outside the image: 0):
+            ring[row % RING, col + 1, chunk] = relu6(x[pixels] @ w_expand[chunk].T + b_expand[chunk])  # tl.dot
+    barrier (the rows were written by other threads of the program)
+    phase B: for each tile of BLOCK_PB output pixels of the band:
+        depthwise: for each chunk:
+            dbuf[:, chunk] = relu6(sum over 9 taps ring[tap pixel, chunk] * w_dw[tap, chunk] + b_dw[chunk])
+        barrier
+        project: for each tile of output channels:
+            y = sum over chunks dbuf[:, chunk] @ w_project[co, chunk].T + b_project (+ x)           # tl.dot
+        barrier (before dbuf or ring slots are overwritten)
+
+No tl.gather and no recompute: the 9 depthwise taps are plain shifted float32 loads from the ring (L1/L2
+hits, no masks, no conversions), and both 1x1 convolutions are tl.dot on operands loaded from memory (wgmma
+on sm_90 for tiles of >= 64 pixels). Out-of-image taps read the ring's zero border, written as 0 (a select,
+never a product): the zero padding applies to the activated expanded tensor (relu6(b_expand) never leaks in)
+and a NaN/Inf in x reaches exactly the outputs PyTorch's block reaches. ReLU6 propagates NaN like torch.nn.functional.relu6; padded channels are
+selected to 0, never multiplied by 0. Without an expand conv the taps read x directly. Offsets that can pass
+2^31 elements (N * H * W * C) are int64.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _relu6(v):
+    """min(max(v, 0), 6) with NaN propagated (as torch's ReLU6 does); v is float32."""
+    return tl.clamp(v, 0.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO,
+                  CO0: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_PB: tl.constexpr, CHUNK: tl.constexpr,
+                  CHS: tl.constexpr, CIN: tl.constexpr, CHID: tl.constexpr, COUT: tl.constexpr,
+                  RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """y[oy, ox, CO0:CO0 + BLOCK_CO] = dbuf [BLOCK_PB, CHS] @ w_project[CO0:CO0 + BLOCK_CO].T + b_project
+    (+ x[oy, ox]) for the valid pixels (p_ok) and channels (< COUT)."""
+    q = tl.arange(0, BLOCK_PB)
+    c_ar = tl.arange(0, CHUNK)
+    co = CO0 + tl.arange(0, BLOCK_CO)
+    co_ok = co < COUT
+    acc = tl.zeros((BLOCK_PB, BLOCK_CO), dtype=tl.float32)
+    for k0 in range(0, CHS, CHUNK):
+        k = k0 + c_ar
+        a = tl.load(dbuf + q[:, None] * CHS + k[None, :])                                     # [BLOCK_PB, CHUNK]
+        b = tl.load(wp_ptr + co[None, :] * CHID + k[:, None], mask=(k < CHID)[:, None] & co_ok[None, :],
+                    other=0.0)                                                                # [CHUNK, BLOCK_CO]
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    acc += tl.load(bp_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+    mask = p_ok[:, None] & co_ok[None, :]
+    if RESIDUAL:
+        tl.debug_barrier()   # keeps the residual load after the K loop (hoisted, it holds ~100 registers)
+        r_off = (oy.to(tl.int64) * W + ox) * CIN
+        acc += tl.load(x_img + r_off[:, None] + co[None, :], mask=mask, other=0.0).to(tl.float32)
+    y_off = (oy.to(tl.int64) * WO + ox) * COUT
+    tl.store(y_img + y_off[:, None] + co[None, :], acc.to(y_img.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["H", "W", "HO", "WO", "BANDS", "ITEMS", "ITEMS_PER_PROG"])
+def inverted_residual_ring_kernel(
+    x_ptr,          # [N, H, W, CIN] NHWC contiguous (x in channels_last), dtype T in {fp16, bf16, fp32}
+    we_ptr,         # [CHID, CIN] contiguous, dtype T; any valid pointer when HAS_EXPAND is False (unread)
+    be_ptr,         # [CHID], dtype T; any valid pointer when HAS_EXPAND is False (unread)
+    wdw_ptr,        # [9, CHS] float32 contiguous: w_dw transposed (tap ky * 3 + kx), zero-padded to CHS
+    bdw_ptr,        # [CHS] float32: b_dw zero-padded to CHS
+    wp_ptr,         # [COUT, CHID] contiguous, dtype T
+    bp_ptr,         # [COUT], dtype T
+    y_ptr,          # [N, HO, WO, COUT] NHWC contiguous (output in channels_last), dtype T
+    ring_ptr,       # [programs, RING, W + 2, CHS] float32 scratch, < 2^31 elements a program (unused when
+                    #   HAS_EXPAND is False)
+    dbuf_ptr,       # [programs, BLOCK_PB, CHS] scratch, dtype T
+    H, W,           # int: input height, width (>= 1)
+    HO, WO,         # int: output height, width: (H - 1) // STRIDE + 1, (W - 1) // STRIDE + 1
+    BANDS,          # int: cdiv(HO, R), bands per image
+    ITEMS,          # int: N * BANDS work items
+    ITEMS_PER_PROG,  # int: cdiv(ITEMS, programs); program pid does items [pid, pid + 1) * ITEMS_PER_PROG
+    CIN: tl.constexpr, CHID: tl.constexpr, COUT: tl.constexpr,   # input, expanded, output channels
+    CHS: tl.constexpr,          # scratch channels: CHID rounded up to a multiple of CHUNK
+    STRIDE: tl.constexpr,       # 1 or 2 (depthwise stride; padding is 1)
+    R: tl.constexpr,            # output rows per band (work item)
+    RING: tl.constexpr,         # ring rows per program, >= (R - 1) * STRIDE + 3
+    BLOCK_PA: tl.constexpr,     # input pixels per expand tile (power of two; >= 64 lowers dots to wgmma)
+    BLOCK_PB: tl.constexpr,     # output pixels per depthwise/project tile (power of two; >= 64 for wgmma)
+    CHUNK: tl.constexpr,        # expanded channels per loop step (power of two >= 16)
+    BORDER: tl.constexpr,       # next power of two >= 2 * RING (ring border columns to zero)
+    BLOCK_K: tl.constexpr,      # input channels per expand dot step (power of two >= 16)
+    K_STEPS: tl.constexpr,      # cdiv(CIN, BLOCK_K)
+    BLOCK_CO: tl.constexpr,     # output channels per project tile (power of two >= 16)
+    CO_TILES: tl.constexpr,     # project tiles of BLOCK_CO channels
+    CO_REST: tl.constexpr,      # channels of one more, last project tile (0: none; power of two >= 16)
+    HAS_EXPAND: tl.constexpr,   # the block has an expand conv (w_expand, b_expand)
+    RESIDUAL: tl.constexpr,     # add x to the output (STRIDE == 1 and CIN == COUT)
+    DOT_PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee" (exact) or "tf32"
+):
+    pid = tl.program_id(0)
+    WS = W + 2                                                   # ring row width (zero border columns)
+    ring = ring_ptr + pid.to(tl.int64) * RING * WS * CHS         # this program's ring (int32 offsets inside)
+    dbuf = dbuf_ptr + pid.to(tl.int64) * (BLOCK_PB * CHS)        # this program's depthwise tile
+    item0 = pid * ITEMS_PER_PROG
+    item1 = tl.minimum(item0 + ITEMS_PER_PROG, ITEMS)
+    qa_ar = tl.arange(0, BLOCK_PA)
+    qb_ar = tl.arange(0, BLOCK_PB)
+    c_ar = tl.arange(0, CHUNK)
+    k_ar = tl.arange(0, BLOCK_K)
+
+    if HAS_EXPAND:
+        # Zero the ring's border columns 0 and W + 1 of every slot once; the expand never writes them.
+        zb = tl.arange(0, BORDER)
+        zb_off = ((zb // 2) * WS + (zb % 2) * (W + 1)) * CHS
+        for c0 in range(0, CHS, CHUNK):
+            tl.store(ring + zb_off[:, None] + (c0 + c_ar)[None, :], tl.zeros((BORDER, CHUNK), dtype=tl.float32),
+                     mask=(zb < 2 * RING)[:, None])
+
+    prev_n = -1     # image of the previous item
+    hi = 0          # the ring holds expanded rows [.., hi) of image prev_n
+    for item in range(item0, item1):
+        n = item // BANDS
+        oy0 = (item - n * BANDS) * R
+        ny = tl.minimum(HO - oy0, R)                  # output rows of this band
+        r1 = (oy0 + ny - 1) * STRIDE + 2              # input rows the band reads: [oy0 * STRIDE - 1, r1)
+        n64 = n.to(tl.int64)
+        x_img = x_ptr + n64 * H * W * CIN
+        y_img = y_ptr + n64 * HO * WO * COUT
+
+        if HAS_EXPAND:
+            # ---- phase A: expand the rows [e0, r1) the ring lacks; rows outside the image become 0. ----
+            e0 = oy0 * STRIDE - 1
+            e0 = tl.where(n == prev_n, tl.maximum(e0, hi), e0)
+            npa = (r1 - e0) * W
+            for a0 in range(0, npa, BLOCK_PA):
+                qa = a0 + qa_ar
+                qa_ok = qa < npa
+                row = e0 + qa // W
+                col = qa % W
+                in_ok = qa_ok & (row >= 0) & (row < H)                                # [BLOCK_PA]
+                x_off = (row * W + col).to(tl.int64) * CIN                            # [BLOCK_PA]
+                s_off = (((row + RING) % RING) * WS + col + 1) * CHS                  # [BLOCK_PA]
+                if K_STEPS == 1:
+                    xv0 = tl.load(x_img + x_off[:, None] + k_ar[None, :],
+                                  mask=in_ok[:, None] & (k_ar < CIN)[None, :], other=0.0)  # [BLOCK_PA, BLOCK_K]
+                for c0 in range(0, CHS, CHUNK):
+                    c = c0 + c_ar
+                    c_ok = c < CHID
+                    h = tl.zeros((BLOCK_PA, CHUNK), dtype=tl.float32)
+                    for ks in tl.static_range(K_STEPS):
+                        k = ks * BLOCK_K + k_ar
+                        k_ok = k < CIN
+                        if K_STEPS == 1:
+                            xv = xv0
+                        else:
+                            xv = tl.load(x_img + x_off[:, None] + k[None, :],
+                                         mask=in_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_PA, BLOCK_K]
+                        wv = tl.load(we_ptr + c[None, :] * CIN + k[:, None],
+                                     mask=k_ok[:, None] & c_ok[None, :], other=0.0)       # [BLOCK_K, CHUNK]
+                        h = tl.dot(xv, wv, h, input_precision=DOT_PRECISION)
+                    b = tl.load(be_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+                    # Rows outside the image and padded channels are exactly 0 (a select: an inf in x times a
+                    # 0 weight is NaN).
+                    h = tl.where(in_ok[:, None] & c_ok[None, :], _relu6(h + b[None, :]), 0.0)
+                    tl.store(ring + s_off[:, None] + c[None, :], h, mask=qa_ok[:, None])
+            tl.debug_barrier()                        # the band's rows, written by all threads, are visible
+        prev_n = n
+        hi = r1
+
+        # ---- phase B: depthwise 3x3 + ReLU6 into dbuf, then project, per tile of BLOCK_PB output pixels. ----
+        npb = ny * WO
+        for p0 in range(0, npb, BLOCK_PB):
+            p = p0 + qb_ar
+            p_ok = p < npb
+            pc = tl.minimum(p, npb - 1)               # pixels past the band compute a copy, never stored
+            oy = oy0 + pc // WO
+            ox = pc % WO
+            iy = oy * STRIDE - 1
+            ix = ox * STRIDE - 1
+            for c0 in range(0, CHS, CHUNK):
+                c = c0 + c_ar
+                d = tl.zeros((BLOCK_PB, CHUNK), dtype=tl.float32)
+                for ky in tl.static_range(3):
+                    ry = iy + ky
+                    if HAS_EXPAND:
+                        # Ring column of tap (ky, 0) is ox * STRIDE; tap kx adds kx * CHS (an immediate offset).
+                        row_ptr = ring + ((((ry + RING) % RING) * WS + ix + 1) * CHS)[:, None] + c[None, :]
+                    for kx in tl.static_range(3):
+                        if HAS_EXPAND:
+                            hv = tl.load(row_ptr + kx * CHS)                                   # [BLOCK_PB, CHUNK]
+                        else:
+                            rx = ix + kx
+                            ok = (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)                  # [BLOCK_PB]
+                            off = (ry * W + rx).to(tl.int64) * CIN
+                            hv = tl.load(x_img + off[:, None] + c[None, :],
+                                         mask=ok[:, None] & (c < CIN)[None, :], other=0.0).to(tl.float32)
+                        wv = tl.load(wdw_ptr + (ky * 3 + kx) * CHS + c)                        # [CHUNK]
+                        d += hv * wv[None, :]
+                d = _relu6(d + tl.load(bdw_ptr + c)[None, :])   # padded channels: 0 * 0 + 0 -> exactly 0
+                tl.store(dbuf + qb_ar[:, None] * CHS + c[None, :], d.to(dbuf_ptr.dtype.element_ty))
+            tl.debug_barrier()                        # dbuf, written by all threads, is visible
+            for t in tl.static_range(CO_TILES):
+                _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO, t * BLOCK_CO, BLOCK_CO,
+                              BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION)
+            if CO_REST > 0:
+                _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO, CO_TILES * BLOCK_CO,
+                              CO_REST, BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION)
+            tl.debug_barrier()                        # dbuf and the ring were read before they are rewritten

@@ -1,0 +1,251 @@
+"""Launcher of the fused Triton inverted-residual kernel (mnv2_kernels/triton/kernel.py, the "ring" design).
+
+Checks the arguments, picks a configuration per block shape (deterministic, independent of the batch size
+except for the persistent grid size), allocates the output and the per-program scratch ring, and launches.
+``static_plans`` exposes the same configuration choice, GPU-free, for the static sm_90a report
+(tools/gpu_static_report.py; interface in docs or the issue-7 notes).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+
+from .._validate import check_inverted_residual_args, wants_channels_last
+from .kernel import inverted_residual_ring_kernel
+
+_PREFIX = "mnv2.inverted_residual_triton: "
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_VARIANTS = ("auto", "ring")
+_FP32_PRECISIONS = ("ieee", "tf32")
+
+# Persistent grid: at most _PROGRAMS_PER_SM programs per SM, and no more programs than keep the whole grid's
+# scratch rings within _L2_SCRATCH_BYTES (an H100/H200 has a 50 MB L2; the rest is left for the streamed input
+# and output). _H200_SMS is the SM count static_plans assumes (the launcher asks the device).
+_PROGRAMS_PER_SM = 2
+_L2_SCRATCH_BYTES = 24 << 20
+_H200_SMS = 132
+# Programs of the interpreter's persistent grid (CPU tensors): a few, so the CPU tests exercise programs that
+# carry their ring across bands and images.
+_INTERPRETER_PROGRAMS = 3
+
+
+class _Config(NamedTuple):
+    block_pb: int   # output pixels per depthwise/project tile
+    rows: int       # output rows per band (work item)
+    ring: int       # scratch rows per program: (rows - 1) * stride + 3
+    block_pa: int   # input pixels per expand tile
+    chunk: int      # expanded channels per loop step
+    chs: int        # scratch channels: chid rounded up to a multiple of chunk
+    block_k: int    # input channels per expand dot step
+    k_steps: int    # cdiv(cin, block_k)
+    block_co: int   # output channels per project tile
+    co_tiles: int   # project tiles of block_co channels
+    co_rest: int    # channels of one more, last project tile (0: none)
+    num_warps: int
+    num_stages: int
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, v - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+                 dtype: torch.dtype) -> _Config:
+    """The kernel configuration for one block shape (independent of the batch size).
+
+    Output tiles of 64 pixels (128 when one output row is wider than 64 pixels, up to 112), a band of as many
+    whole output rows as fill one tile (so the band's depthwise/project runs as one tile) and an expand tile
+    that holds the band's new input rows in the steady state (rows * stride * w pixels, up to 256). Tiles of at
+    least 64 pixels let both dots lower to wgmma on sm_90. The output channels go into one power-of-two
+    accumulator, or two (e.g. 160 = 128 + 32) when one would pad by more than a quarter.
+    """
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    block_pb = 128 if 64 < wo <= 128 else 64
+    rows = max(1, min(ho, block_pb // wo))
+    ring = (rows - 1) * stride + 3
+    block_pa = max(64, min(256, _next_pow2(rows * stride * w)))
+    chunk = 16 if chid <= 16 else 32
+    chs = _cdiv(chid, chunk) * chunk
+    block_k = max(16, _next_pow2(cin)) if cin <= 64 else 32
+    k_steps = _cdiv(cin, block_k)
+    # Project tiles: accumulators of at most 8192 fp32 (64 registers a thread at 4 warps); the last tile is a
+    # smaller power of two when that pads less (160 = 128 + 32).
+    block_co = min(max(16, _next_pow2(cout)), 8192 // block_pb)
+    co_tiles, rest = divmod(cout, block_co)
+    co_rest = max(16, _next_pow2(rest)) if rest else 0
+    if co_rest == block_co:
+        co_tiles, co_rest = co_tiles + 1, 0
+    return _Config(block_pb, rows, ring, block_pa, chunk, chs, block_k, k_steps, block_co, co_tiles, co_rest, 4, 2)
+
+
+def _programs(items: int, cfg: _Config, w: int, itemsize: int, sms: int, per_sm: int, has_expand: bool) -> int:
+    """Persistent grid size: <= per_sm programs per SM, scratch of the grid within _L2_SCRATCH_BYTES (but at
+    least one program per SM), no program without items."""
+    ring_bytes = cfg.ring * (w + 2) * cfg.chs * 4 if has_expand else 0
+    cap = sms * per_sm
+    if ring_bytes:
+        cap = min(cap, max(sms, _L2_SCRATCH_BYTES // ring_bytes))
+    per = _cdiv(items, max(1, min(items, cap)))
+    return _cdiv(items, per)
+
+
+def _launch_params(n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+                   residual: bool, dtype: torch.dtype, sms: int, per_sm: int = _PROGRAMS_PER_SM,
+                   fp32_precision: str = "ieee"):
+    """(config, programs, runtime int args, constexprs) exactly as the launch uses them."""
+    cfg = _pick_config(cin, chid, cout, h, w, stride, has_expand, dtype)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    bands = _cdiv(ho, cfg.rows)
+    items = n * bands
+    programs = _programs(items, cfg, w, dtype.itemsize, sms, per_sm, has_expand)
+    ints = dict(H=h, W=w, HO=ho, WO=wo, BANDS=bands, ITEMS=items, ITEMS_PER_PROG=_cdiv(items, programs))
+    consts = dict(CIN=cin, CHID=chid, COUT=cout, CHS=cfg.chs, STRIDE=stride, R=cfg.rows, RING=cfg.ring,
+                  BLOCK_PA=cfg.block_pa, BLOCK_PB=cfg.block_pb, CHUNK=cfg.chunk,
+                  BORDER=_next_pow2(2 * cfg.ring), BLOCK_K=cfg.block_k,
+                  K_STEPS=cfg.k_steps, BLOCK_CO=cfg.block_co, CO_TILES=cfg.co_tiles, CO_REST=cfg.co_rest,
+                  HAS_EXPAND=has_expand, RESIDUAL=residual,
+                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee")
+    return cfg, programs, ints, consts
+
+
+def _loop_trips(cfg: _Config, n: int, h: int, w: int, stride: int, has_expand: bool, programs: int) -> dict:
+    """Trips per program of the kernel's loop bodies by nesting depth (1 = the item loop; 2 = the tile loops
+    of phases A and B; 3 = their channel-chunk loops), for the static report. Phase A and B tile loops share
+    depth 2: the larger of their average trip counts is given (they are equal in the steady state)."""
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    bands = _cdiv(ho, cfg.rows)
+    tiles_a = tiles_b = 0
+    hi = 0
+    for b in range(bands):                       # one image, as one program sees it
+        oy0 = b * cfg.rows
+        ny = min(ho - oy0, cfg.rows)
+        r1 = (oy0 + ny - 1) * stride + 2
+        e0 = max(oy0 * stride - 1, 0, hi)
+        tiles_a += _cdiv(max(0, min(r1, h) - e0) * w, cfg.block_pa)
+        tiles_b += _cdiv(ny * wo, cfg.block_pb)
+        hi = r1
+    items_per_prog = _cdiv(n * bands, programs)
+    tiles = max(tiles_a if has_expand else 0, tiles_b) / bands
+    chunks = cfg.chs // cfg.chunk
+    return {1: items_per_prog, 2: round(items_per_prog * tiles), 3: round(items_per_prog * tiles * chunks)}
+
+
+def static_plans(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride: int, has_expand: bool,
+                 residual: bool, dtype: torch.dtype) -> list:
+    """The kernel variants this launcher can launch for a shape, GPU-free, for the static sm_90a report.
+
+    One dict per variant (only "triton-ring" today), with the exact kernel, specialisation arguments,
+    constexprs, warps, stages and persistent grid size that ``inverted_residual_triton`` uses on a 132-SM
+    GPU (an H100/H200); keys as the static-report interface defines them (name, chosen, backend, programs,
+    num_warps, trips, kernel, args, constexprs, num_stages).
+    """
+    cfg, programs, ints, consts = _launch_params(N, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype,
+                                                 _H200_SMS)
+    ptr = "ptr:" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wdw_ptr", "bdw_ptr", "wp_ptr", "bp_ptr",
+                                   "y_ptr", "dbuf_ptr")}
+    args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr="ptr:fp32")
+    args.update(ints)
+    return [dict(name="triton-ring", chosen=True, backend="triton", programs=programs, num_warps=cfg.num_warps,
+                 num_stages=cfg.num_stages, trips=_loop_trips(cfg, N, H, W, stride, has_expand, programs),
+                 kernel=inverted_residual_ring_kernel, args=args, constexprs=consts)]
+
+
+def _interpreter_active() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(inverted_residual_ring_kernel, InterpretedFunction)
+
+
+def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
+                             w_dw: torch.Tensor, b_dw: torch.Tensor, w_project: torch.Tensor,
+                             b_project: torch.Tensor, stride: int, residual: bool, *,
+                             variant: str = "auto", fp32_precision: str = "ieee") -> torch.Tensor:
+    """One eval-mode MobileNetV2 inverted-residual block (BatchNorm folded) as a single Triton launch.
+
+    Computes (docs/CONTRACT.md)::
+
+        h = relu6(conv1x1(x, w_expand) + b_expand)        # skipped when w_expand is None (then Chid == Cin)
+        h = relu6(depthwise3x3(h, w_dw, stride, padding=1) + b_dw)
+        y = conv1x1(h, w_project) + b_project (+ x when residual)
+
+    with ReLU6 propagating NaN as torch's does and the zero padding applied to the activated h.
+
+    Args:
+        x: [N, Cin, H, W], float16, bfloat16 or float32, any strides (read as channels_last / NHWC).
+            CPU tensors run in Triton's interpreter (float32 and float16 only).
+        w_expand: [Chid, Cin] or None; b_expand: [Chid] or None (None exactly when w_expand is None).
+        w_dw: [Chid, 3, 3]; b_dw: [Chid]; w_project: [Cout, Chid]; b_project: [Cout].
+            All weights in x's dtype and on x's device.
+        stride: 1 or 2 (depthwise stride; padding is always 1).
+        residual: add x to the output; needs stride 1 and Cin == Cout.
+        variant: "auto" or "ring" (the same kernel today: persistent programs with an L2-resident ring of
+            expanded rows; see mnv2_kernels/triton/kernel.py).
+        fp32_precision: tl.dot input precision for float32 inputs: "ieee" (exact fp32) or "tf32" (faster,
+            ~1e-3 relative error).
+
+    Returns:
+        [N, Cout, (H - 1) // stride + 1, (W - 1) // stride + 1] in x's dtype, channels_last if x is
+        channels_last (and not also NCHW-contiguous), else contiguous NCHW. Accumulation is float32.
+        N == 0 returns an empty tensor of that shape.
+
+    Raises:
+        ValueError / TypeError: bad shapes, devices, dtypes, stride or residual (from
+            mnv2_kernels._validate.check_inverted_residual_args), an unsupported dtype (TypeError; also
+            bfloat16 CPU tensors, which Triton's interpreter computes wrongly), or a bad ``variant`` /
+            ``fp32_precision``. Raised before anything is allocated.
+        RuntimeError: x is a CPU tensor but Triton's interpreter is not active (set TRITON_INTERPRET=1
+            before importing triton), or x is on a device Triton cannot run.
+    """
+    d = check_inverted_residual_args(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
+    if x.dtype not in _DTYPES:
+        raise TypeError(_PREFIX + f"supports float16, bfloat16 and float32, got {x.dtype}; convert the input "
+                        "and the module with .to(torch.float16) (or bfloat16/float32)")
+    if variant not in _VARIANTS:
+        raise ValueError(_PREFIX + f"variant must be one of {_VARIANTS}, got {variant!r} (the gather and "
+                         "recompute kernels were replaced by the ring kernel)")
+    if fp32_precision not in _FP32_PRECISIONS:
+        raise ValueError(_PREFIX + f"fp32_precision must be one of {_FP32_PRECISIONS}, got {fp32_precision!r}")
+    if x.device.type == "cpu":
+        if not _interpreter_active():
+            raise RuntimeError(_PREFIX + "x is a CPU tensor but Triton's interpreter is off; set the environment "
+                               "variable TRITON_INTERPRET=1 before importing triton (and mnv2_kernels), or "
+                               "move the block and its input to a CUDA device")
+        if x.dtype == torch.bfloat16:
+            raise TypeError(_PREFIX + "Triton's interpreter (CPU tensors) supports float32 and float16, got "
+                            "torch.bfloat16 (its bfloat16 tl.dot is wrong); convert the input and the module "
+                            "with .to(torch.float32), or use backend='cpu' (the C++ kernel computes bfloat16)")
+    elif x.device.type != "cuda":
+        raise RuntimeError(_PREFIX + f"Triton cannot run tensors on {x.device}; move the block and its input "
+                           "to a CUDA device (or to the CPU with TRITON_INTERPRET=1)")
+
+    y = torch.empty((d.N, d.Cout, d.Ho, d.Wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if d.N > 0:
+        sms, per_sm = ((torch.cuda.get_device_properties(x.device).multi_processor_count, _PROGRAMS_PER_SM)
+                       if x.is_cuda else (_INTERPRETER_PROGRAMS, 1))
+        cfg, programs, ints, consts = _launch_params(d.N, d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride,
+                                                     d.has_expand, d.residual, x.dtype, sms, per_sm, fp32_precision)
+        x_nhwc = x.contiguous(memory_format=torch.channels_last)
+        w_dw_t = torch.zeros((9, cfg.chs), dtype=torch.float32, device=x.device)     # [9, CHS], zero-padded
+        w_dw_t[:, :d.Chid] = w_dw.reshape(d.Chid, 9).t()
+        b_dw_p = torch.zeros((cfg.chs,), dtype=torch.float32, device=x.device)
+        b_dw_p[:d.Chid] = b_dw
+        ring = (torch.empty((programs, cfg.ring, d.W + 2, cfg.chs), dtype=torch.float32, device=x.device)
+                if d.has_expand else torch.empty((1,), dtype=torch.float32, device=x.device))
+        dbuf = torch.empty((programs, cfg.block_pb, cfg.chs), dtype=x.dtype, device=x.device)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            inverted_residual_ring_kernel[(programs,)](
+                x_nhwc,
+                w_expand.contiguous() if d.has_expand else x_nhwc,
+                b_expand.contiguous() if d.has_expand else x_nhwc,
+                w_dw_t, b_dw_p, w_project.contiguous(), b_project.contiguous(), y, ring, dbuf,
+                *ints.values(), **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+    return y if wants_channels_last(x) else y.contiguous()
