@@ -36,7 +36,7 @@ def round_up(v: int, m: int) -> int:
 
 def pad_ld(elems: int) -> int:
     """Leading dimension (2-byte elements) of a shared row of `elems` channels (see the .cu)."""
-    return elems + 32 if (elems * 2) % 128 == 0 else elems
+    return elems if (elems // 8) % 2 == 1 else elems + 8
 
 
 def kernel_channels(cin: int, chid: int, cout: int, has_expand: bool):
@@ -79,6 +79,15 @@ def _best_rows(Cin8, Chid8, H, W, Ho, Wo, S, HC, budget):
     return 0
 
 
+def _chunk_mode_slots(H, W, Ho, S, R):
+    """Expanded pixel slots (rounded to 32-pixel warp tiles) of one image in chunk mode (one step per band)."""
+    slots = 0
+    for oy0 in range(0, Ho, R):
+        r1 = min(oy0 + R, Ho)
+        slots += round_up((min((r1 - 1) * S + 2, H) - max(oy0 * S - 1, 0)) * W, 32)
+    return slots
+
+
 def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_SMEM_OPTIN, num_sms=H200_SMS):
     """The kernel's configuration for a block shape: same fields as the C struct mnv2_ir_plan (``ok`` = 0 when
     the shape cannot run within `smem_limit`)."""
@@ -97,6 +106,10 @@ def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_S
             R, HC = r, ChidP
             break
         rc = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budget)
+        if rc > 0 and budget != smem_limit:  # one CTA per SM with taller bands when far fewer halo pixels
+            rl = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, smem_limit)
+            if rl > rc and 10 * _chunk_mode_slots(H, W, Ho, stride, rl) < 7 * _chunk_mode_slots(H, W, Ho, stride, rc):
+                rc = rl
         if rc > 0:
             R, HC = rc, hc_chunk
             break
@@ -116,14 +129,17 @@ def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_S
                 ctas_per_sm=ctas, items=items, grid=min(items, slots), smem=L["total"])
 
 
-def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p):
+def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
     """Per-CTA loop structure of the kernel for plan `p`: the work each loop does, for the static model.
 
     Returns dict with, per program (CTA, the busiest one), the trip counts of each loop of the kernel:
       items, steps, chunks (total chunk iterations), load_vec (cp.async vectors per thread), expand_tiles /
-      expand_k (warp tiles per warp, K slices each), copy_vec (no-expand copies per thread), dw_items (depthwise
-      items per thread), proj_tiles / proj_k (warp tiles per warp, K slices each).
+      expand_k (warp tiles per warp, 16-wide K steps each), copy_vec (no-expand copies per thread), dw_items
+      (depthwise items per thread), proj_tiles / proj_k (warp tiles per warp, 16-wide K steps each).
+    critical_path=False: average work per warp / thread (idle warps issue nothing: the issue-bound count);
+    True: the busiest warp / thread of each phase (ceil), the barrier-to-barrier critical path.
     """
+    div = (lambda a, b: -(-a // b)) if critical_path else (lambda a, b: a / b)  # noqa: E731
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
     R, HC = p["rows"], p["chunk"]
     L = layout(Cin8, Chid8, H, W, Wo, stride, R, HC)
@@ -141,19 +157,19 @@ def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p):
             e1 = min(H, (oy0 + nrows - 1) * stride + 2)
             npix = (e1 - e0) * W
             t["steps"] += 1
-            t["load_vec"] += -(-(round_up(npix, 32) * CinP // 8) // THREADS)
+            t["load_vec"] += div(round_up(npix, 32) * CinP // 8, THREADS)
             for _ in range(p["nchunks"]):
                 t["chunks"] += 1
                 if Cin8 and Chid8:
-                    t["expand_tiles"] += -(-((npix + 31) // 32 * (HC // 32)) // WARPS)
-                    t["copy_vec"] += -(-(npix * HC // 8) // THREADS)
-                t["dw_items"] += -(-(nrows * ns * (HC // 8)) // THREADS)
-            t["proj_tiles"] += -(-((nrows * Wo + 31) // 32 * ((Cout8 + 31) // 32)) // WARPS)
+                    t["expand_tiles"] += div((npix + 31) // 32 * (HC // 32), WARPS)
+                    t["copy_vec"] += div(npix * HC // 8, THREADS)
+                t["dw_items"] += div(nrows * ns * (HC // 8), THREADS)
+            t["proj_tiles"] += div((nrows * Wo + 31) // 32 * ((Cout8 + 31) // 32), WARPS)
             e0 = e1
             oy0 += R
     per_item = {k: v / p["bands"] for k, v in t.items()}
     out = {k: v * items_per_cta for k, v in per_item.items()}
-    out.update(items=items_per_cta, expand_k=CinP // 32, proj_k=L["KP"] // 32, layout=L)
+    out.update(items=items_per_cta, expand_k=CinP // 16, proj_k=L["KP"] // 16, layout=L)
     return out
 
 

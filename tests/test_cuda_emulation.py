@@ -262,7 +262,7 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
                         cc = c0 + np.arange(HC)
                         Bm = np.zeros((HC, CinP))
                         okr = cc < Chid8
-                        Bm[okr, :Cin8] = WE[cc[okr]]
+                        Bm[:, :Cin8] = WE[np.where(okr, cc, 0)]  # rows past Chid8 read row 0 (then forced to 0)
                         acc = A @ Bm.T
                         bias = np.where(okr, BE[np.minimum(cc, Chid8 - 1)], 0.0)
                         v = np.where(cc[None, :] < chid_real, _relu6(acc + bias[None, :]), 0.0)
@@ -296,7 +296,8 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
                 mt = (npix_out + 31) // 32
                 Am = sDW[:mt * 32, :KP]
                 Bm = np.zeros((cp.round_up(Cout8, 32), KP))
-                Bm[:Cout8, :Chid8] = WP
+                rows_b = np.arange(Bm.shape[0])
+                Bm[:, :Chid8] = WP[np.where(rows_b < Cout8, rows_b, 0)]  # rows past Cout8 read row 0 (not stored)
                 acc = Am @ Bm.T
                 out = acc[:npix_out, :Cout8] + BP[None, :]
                 gp = n * Ho * Wo + oy0 * Wo + np.arange(npix_out)

@@ -218,10 +218,19 @@ def weighted_counts(instrs, loops, sched, has_expand):
         hl = [lp for lp, inf in loop_info.items() if inf["phase"] == ph and inf["hmma"]]
         max_hmma_depth[ph] = max((sum(1 for o in hl if o[0] <= lp[0] and lp[1] <= o[1]) for lp in hl), default=0)
     sc = sched
-    calls = dict(load_rows=sc["steps"], expand=sc["chunks"], dw=sc["chunks"], project=sc["steps"], kernel=sc["chunks"])
+    # the kernel's own loops (they span several phases): item > step > chunk, by nesting
+    kloops = sorted([lp for lp, inf in loop_info.items() if inf["phase"] == "kernel"], key=lambda lp: lp[0] - lp[1])
+    kdepth = {lp: sum(1 for o in kloops if o[0] <= lp[0] and lp[1] <= o[1] and o != lp) for lp in kloops}
+    ktrips = [sc["items"], sc["steps"], sc["chunks"]]
+
+    def outer_trips(addr):
+        """Trips of the innermost kernel loop holding addr (items, steps or chunks); 1 outside all of them."""
+        ds = [kdepth[lp] for lp in kloops if lp[0] <= addr <= lp[1]]
+        return ktrips[min(max(ds), 2)] if ds else 1
     total, hmma, by_phase = 0.0, 0.0, {}
     for addr, op, operands, ph in instrs:
         encl = [lp for lp in enclosing(addr) if loop_info[lp]["phase"] == ph]
+        calls = dict.fromkeys(("load_rows", "expand", "dw", "project", "kernel"), outer_trips(addr))
         if ph == "load_rows":
             mult = sc["load_vec"] if encl else calls[ph]
         elif ph == "expand":
@@ -280,28 +289,34 @@ def predict(cubin, regs_by_symbol, batch=256, dtype="float16", json_out=None):
         fn = [f for f in funcs if pl["symbol"] in f]
         assert len(fn) == 1, (pl["symbol"], list(funcs))
         per_warp, hmma_w, by_phase, _ = weighted_counts(funcs[fn[0]], loops[fn[0]], sc, True)
+        cin8, chid8, cout8 = cp.kernel_channels(cin, chid, cout, True)
+        scc = cp.schedule(batch, cin8, chid8, cout8, h, h, s, p, critical_path=True)
+        scc["stage"] = sc["stage"]
+        per_warp_cp = weighted_counts(funcs[fn[0]], loops[fn[0]], scc, True)[0]
         warp_instr_cta = per_warp * cp.WARPS
         ctas_on_sm = min(p["ctas_per_sm"], math.ceil(p["grid"] / H200["sms"]))
         clk_per_us = H200["clk_ghz"] * 1e3
         issue_us = ctas_on_sm * warp_instr_cta / 4 / clk_per_us
+        issue_cp_us = ctas_on_sm * per_warp_cp * cp.WARPS / 4 / clk_per_us
         tc_us = ctas_on_sm * hmma_w * cp.WARPS * 4096 / H200["hmma_flop_per_clk"] / clk_per_us
         dram_us = fused_bytes(cin, chid, cout, h, s, batch) / H200["dram_Bps"] * 1e6
         pred = max(CALIBRATION * issue_us, tc_us, dram_us)
         regs = regs_by_symbol.get(pl["symbol"])
         rows.append(dict(block=name, reps=reps, regs=regs, smem=p["smem"], ctas_per_sm=p["ctas_per_sm"],
                          rows=p["rows"], chunk=p["chunk"], nchunks=p["nchunks"], bands=p["bands"], grid=p["grid"],
-                         warp_instr_cta=warp_instr_cta, issue_us=issue_us, tc_us=tc_us, dram_us=dram_us,
+                         warp_instr_cta=warp_instr_cta, issue_us=issue_us, issue_cp_us=issue_cp_us, tc_us=tc_us, dram_us=dram_us,
                          predicted_us=pred, eager_us=eager, speedup=eager / pred,
                          phase_share={k: v / per_warp for k, v in by_phase.items()}))
     print(f"\nstatic prediction, H200, batch {batch}, {dtype}, channels_last (sm_90a SASS weighted by the plan's "
-          f"trip counts; predicted = max({CALIBRATION} x issue, tensor floor, DRAM floor)):")
+          f"trip counts; predicted = max({CALIBRATION} x issue, tensor floor, DRAM floor); 'crit' = issue time if every "
+          f"warp took as long as the busiest warp of each phase):")
     hdr = (f"{'block':>6} {'regs':>4} {'smem KB':>7} {'CTA/SM':>6} {'R':>3} {'HC':>4} {'chunks':>6} {'bands':>5} "
-           f"{'issue us':>8} {'tc us':>6} {'dram us':>7} {'pred us':>7} {'eager us':>8} {'speed-up':>8}  phases")
+           f"{'issue us':>8} {'crit us':>7} {'tc us':>6} {'dram us':>7} {'pred us':>7} {'eager us':>8} {'speed-up':>8}  phases")
     print(hdr)
     for r in rows:
         ph = " ".join(f"{k}:{v:.0%}" for k, v in sorted(r["phase_share"].items(), key=lambda kv: -kv[1]))
         print(f"{r['block']:>6} {r['regs'] or 0:>4} {r['smem'] / 1024:>7.1f} {r['ctas_per_sm']:>6} {r['rows']:>3} "
-              f"{r['chunk']:>4} {r['nchunks']:>6} {r['bands']:>5} {r['issue_us']:>8.1f} {r['tc_us']:>6.1f} "
+              f"{r['chunk']:>4} {r['nchunks']:>6} {r['bands']:>5} {r['issue_us']:>8.1f} {r['issue_cp_us']:>7.1f} {r['tc_us']:>6.1f} "
               f"{r['dram_us']:>7.1f} {r['predicted_us']:>7.1f} {r['eager_us']:>8} {r['speedup']:>7.2f}x  {ph}")
     g12 = math.exp(sum(math.log(r["speedup"]) for r in rows) / len(rows))
     g17 = math.exp(sum(r["reps"] * math.log(r["speedup"]) for r in rows) / sum(r["reps"] for r in rows))

@@ -54,10 +54,9 @@ constexpr int64_t kMaxChannels = 1 << 16;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t align128(int64_t v) { return round_up(v, 128); }
-// Leading dimension (elements, 2-byte) of a shared row of `elems` (a multiple of 32) channels: a row stride that
-// is a multiple of 128 bytes gets 64 bytes of padding, so the two pixel rows a quarter-warp reads (fragment loads,
-// 4 x 16 bytes each) fall in different banks.
-inline int64_t pad_ld(int64_t elems) { return (elems * 2) % 128 == 0 ? elems + 32 : elems; }
+// Leading dimension (elements, 2-byte) of a shared row of `elems` (a multiple of 8) channels: an odd number of
+// 16-byte units, so the 8 rows one ldmatrix phase reads fall in 8 different bank groups.
+inline int64_t pad_ld(int64_t elems) { return (elems / 8) % 2 == 1 ? elems : elems + 8; }
 
 struct Layout {
   int64_t LX, MXP, LH, LD2, MOP, KP, RR;
@@ -95,6 +94,19 @@ int64_t best_rows(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Ho,
   return 0;
 }
 
+// Expanded pixel slots (32-pixel warp tiles x 32) of one image when every band is one step of R output rows (chunk
+// mode: each band expands its own halo rows).
+int64_t chunk_mode_slots(int64_t H, int64_t W, int64_t Ho, int S, int64_t R) {
+  int64_t slots = 0;
+  for (int64_t oy0 = 0; oy0 < Ho; oy0 += R) {
+    const int64_t r1 = oy0 + R < Ho ? oy0 + R : Ho;
+    const int64_t e0 = oy0 * S - 1 > 0 ? oy0 * S - 1 : 0;
+    const int64_t e1 = (r1 - 1) * S + 2 < H ? (r1 - 1) * S + 2 : H;
+    slots += round_up((e1 - e0) * W, 32);
+  }
+  return slots;
+}
+
 }  // namespace
 
 extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_t Cout8, int64_t H, int64_t W,
@@ -119,10 +131,16 @@ extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_
       HC = ChidP;
       break;
     }
-    const int64_t rc = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[b]);
+    int64_t rc = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[b]);
+    if (rc > 0 && b == 0) {  // one CTA per SM with taller bands when that expands far fewer halo pixels
+      const int64_t rl = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[1]);
+      if (rl > rc && 10 * chunk_mode_slots(H, W, Ho, stride, rl) < 7 * chunk_mode_slots(H, W, Ho, stride, rc))
+        rc = rl;
+    }
     if (rc > 0) {
       R = rc;
       HC = hc_chunk;
+      break;
     }
   }
   if (R == 0) {
@@ -191,6 +209,12 @@ struct Tr<__half> {
     const __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
+  // relu6 of (a, b) rounded to a packed pair: round, then clamp in half2 with the NaN-propagating min / max
+  // (rounding is monotonic and 0, 6 are exact, so this equals rounding the float clamp).
+  static __device__ __forceinline__ uint32_t relu6_f2(float a, float b) {
+    const __half2 h = __hmin2_nan(__hmax2_nan(__floats2half2_rn(a, b), __float2half2_rn(0.f)), __float2half2_rn(6.f));
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
   static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -209,6 +233,11 @@ struct Tr<__nv_bfloat16> {
   }
   static __device__ __forceinline__ uint32_t from_f2(float a, float b) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ uint32_t relu6_f2(float a, float b) {
+    const __nv_bfloat162 h = __hmin2_nan(__hmax2_nan(__floats2bfloat162_rn(a, b), __float2bfloat162_rn(0.f)),
+                                         __float2bfloat162_rn(6.f));
     return *reinterpret_cast<const uint32_t*>(&h);
   }
   static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -233,6 +262,15 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint32_t ldg4(const void* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
+
+// A fragment (16 x 16, row-major in shared memory) of mma m16n8k16: lane l gives the address of row (l & 7) +
+// 8 * ((l >> 3) & 1), column 8 * (l >> 4) of the tile.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
 __device__ __forceinline__ uint4 lds16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ void sts16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
@@ -255,6 +293,7 @@ struct Params {
   int LX, LH, LD2, KP, CinP;  // CinP = Cin8 rounded up to 32
   int off_ring, off_dw, off_wdw, off_bdw;
   FastDiv div_xvec;   // sX vector index -> pixel (CinP / 8 vectors per pixel)
+  int xv_pstep, xv_cstep;  // kThreads = xv_pstep * (CinP / 8) + xv_cstep / 8
   FastDiv div_ncg;    // depthwise item -> channel group (HC / 8 groups)
   FastDiv div_ns;     // depthwise strip -> (row, strip) (ceil(Wo / kPX) strips per row)
   FastDiv div_hcv;    // copy (no expand) index -> pixel (HC / 8 vectors per pixel)
@@ -271,14 +310,20 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
   const T* x = static_cast<const T*>(p.x);
   const int npix = (e1 - e0) * p.W;
   const int vpp = p.CinP >> 3;
-  const int total = ((npix + 31) & ~31) * vpp;
+  const int tot_pix = (npix + 31) & ~31;
   const T* base = x + (int64_t(n) * p.H + e0) * int64_t(p.W) * p.Cin8;
-  for (int v = threadIdx.x; v < total; v += kThreads) {
-    const int pix = int(fdiv(uint32_t(v), p.div_xvec));
-    const int c = (v - pix * vpp) << 3;
+  // thread -> (pixel, 16-byte vector); kThreads = xv_pstep * vpp + xv_cstep (no division in the loop)
+  int pix = int(fdiv(uint32_t(threadIdx.x), p.div_xvec));
+  int c = (int(threadIdx.x) - pix * vpp) << 3;
+  while (pix < tot_pix) {
     const bool ok = pix < npix && c < p.Cin8;
-    const T* src = ok ? base + int64_t(pix) * p.Cin8 + c : x;
-    cp_async16(sX + pix * p.LX + c, src, ok ? 16u : 0u);
+    cp_async16(sX + pix * p.LX + c, ok ? base + int64_t(pix) * p.Cin8 + c : x, ok ? 16u : 0u);
+    pix += p.xv_pstep;
+    c += p.xv_cstep;
+    if (c >= p.CinP) {
+      c -= p.CinP;
+      ++pix;
+    }
   }
   cp_async_commit();
 }
@@ -318,7 +363,6 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
   const T* be = static_cast<const T*>(p.be);
   const int mtiles = (npix + 31) >> 5;  // 32-pixel warp tiles
   const int ntiles = p.HC >> 5;         // 32-channel warp tiles
-  const int kslices = p.CinP >> 5;
   for (int t = warp; t < mtiles * ntiles; t += kWarps) {  // warp-uniform
     const int mt = int(fdiv(uint32_t(t), p.div_nte));
     const int nt = t - mt * ntiles;
@@ -331,29 +375,29 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-    // B rows of this thread: hidden channel nb + 8*(g/2) + 2j + g%2
+    // B rows of this thread: hidden channel nb + 8*(g/2) + 2j + g%2. Rows past Chid8 read row 0 instead: their
+    // outputs are padded channels, which the epilogue forces to 0. Columns (K) past Cin8 read 0.
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
-    for (int ks = 0; ks < kslices; ++ks) {
-      const int k = (ks << 5) + (q << 3);
-      uint4 a[2][2];
+    const T* bptr[4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        a[i][0] = lds16(sX + (px0 + i * 16 + g) * p.LX + k);
-        a[i][1] = lds16(sX + (px0 + i * 16 + g + 8) * p.LX + k);
-      }
-      uint4 b[4];
+    for (int j = 0; j < 4; ++j) bptr[j] = we + int64_t(brow0 + 2 * j < p.Chid8 ? brow0 + 2 * j : 0) * p.Cin8 + 2 * q;
+    const T* ap = sX + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LX + ((lane >> 4) << 3);
+    const int a16 = 16 * p.LX;
+#pragma unroll 1
+    for (int k = 0; k < p.CinP; k += 16) {
+      const bool k0ok = k + 2 * q < p.Cin8, k1ok = k + 2 * q + 8 < p.Cin8;
+      uint32_t a0[4], a1[4];
+      ldmatrix_x4(a0, ap);
+      ldmatrix_x4(a1, ap + a16);
+      ap += 16;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int row = brow0 + 2 * j;
-        b[j] = (row < p.Chid8 && k < p.Cin8) ? ldg16(we + int64_t(row) * p.Cin8 + k) : make_uint4(0, 0, 0, 0);
+        const uint32_t b0 = k0ok ? ldg4(bptr[j]) : 0u;
+        const uint32_t b1 = k1ok ? ldg4(bptr[j] + 8) : 0u;
+        bptr[j] += 16;
+        Tr<T>::mma(acc[0][j], a0[0], a0[1], a0[2], a0[3], b0, b1);
+        Tr<T>::mma(acc[1][j], a1[0], a1[1], a1[2], a1[3], b0, b1);
       }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          Tr<T>::mma(acc[i][j], a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y, b[j].x, b[j].y);
-          Tr<T>::mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
-        }
     }
     // epilogue: this thread holds channels ch0 .. ch0 + 7 of pixels px0 + 16i + g (+8)
     const int ch0 = nb + (q << 3);
@@ -369,6 +413,7 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
       }
     }
     const int cl = ch0 - c0;  // chunk-local channel
+    const bool all_real = nb + 32 <= p.chid_real;  // warp-uniform
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -376,10 +421,13 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
         const int pix = px0 + i * 16 + g + 8 * h;
         uint32_t o[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float v0 = ch0 + 2 * j < p.chid_real ? relu6(acc[i][j][2 * h] + bias[2 * j]) : 0.f;
-          const float v1 = ch0 + 2 * j + 1 < p.chid_real ? relu6(acc[i][j][2 * h + 1] + bias[2 * j + 1]) : 0.f;
-          o[j] = Tr<T>::from_f2(v0, v1);
+        for (int j = 0; j < 4; ++j) o[j] = Tr<T>::relu6_f2(acc[i][j][2 * h] + bias[2 * j], acc[i][j][2 * h + 1] + bias[2 * j + 1]);
+        if (!all_real) {  // hidden channels >= chid_real are padding: exactly 0 (select, so NaN cannot leak)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const uint32_t keep = (ch0 + 2 * j < p.chid_real ? 0xffffu : 0u) | (ch0 + 2 * j + 1 < p.chid_real ? 0xffff0000u : 0u);
+            o[j] &= keep;
+          }
         }
         if (pix < npix) {
           int rp = ring_px0 + pix;
@@ -468,7 +516,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
         uint32_t o[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          o[e] = Tr<T>::from_f2(relu6(acc[px][2 * e] + bias[2 * e]), relu6(acc[px][2 * e + 1] + bias[2 * e + 1]));
+          o[e] = Tr<T>::relu6_f2(acc[px][2 * e] + bias[2 * e], acc[px][2 * e + 1] + bias[2 * e + 1]);
         sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[0], o[1], o[2], o[3]));
       }
     }
@@ -486,7 +534,6 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
   T* y = static_cast<T*>(p.y);
   const int mtiles = (npix + 31) >> 5;
   const int ntiles = (p.Cout8 + 31) >> 5;
-  const int kslices = p.KP >> 5;
   for (int t = warp; t < mtiles * ntiles; t += kWarps) {  // warp-uniform
     const int mt = int(fdiv(uint32_t(t), p.div_ntp));
     const int nt = t - mt * ntiles;
@@ -499,28 +546,28 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+    // rows past Cout8 read row 0: those outputs are not stored; K past Chid8 reads 0
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
-    for (int ks = 0; ks < kslices; ++ks) {
-      const int k = (ks << 5) + (q << 3);
-      uint4 a[2][2];
+    const T* bptr[4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        a[i][0] = lds16(sDW + (px0 + i * 16 + g) * p.LD2 + k);
-        a[i][1] = lds16(sDW + (px0 + i * 16 + g + 8) * p.LD2 + k);
-      }
-      uint4 b[4];
+    for (int j = 0; j < 4; ++j) bptr[j] = wp + int64_t(brow0 + 2 * j < p.Cout8 ? brow0 + 2 * j : 0) * p.Chid8 + 2 * q;
+    const T* ap = sDW + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LD2 + ((lane >> 4) << 3);
+    const int a16 = 16 * p.LD2;
+#pragma unroll 1
+    for (int k = 0; k < p.KP; k += 16) {
+      const bool k0ok = k + 2 * q < p.Chid8, k1ok = k + 2 * q + 8 < p.Chid8;
+      uint32_t a0[4], a1[4];
+      ldmatrix_x4(a0, ap);
+      ldmatrix_x4(a1, ap + a16);
+      ap += 16;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int row = brow0 + 2 * j;
-        b[j] = (row < p.Cout8 && k < p.Chid8) ? ldg16(wp + int64_t(row) * p.Chid8 + k) : make_uint4(0, 0, 0, 0);
+        const uint32_t b0 = k0ok ? ldg4(bptr[j]) : 0u;
+        const uint32_t b1 = k1ok ? ldg4(bptr[j] + 8) : 0u;
+        bptr[j] += 16;
+        Tr<T>::mma(acc[0][j], a0[0], a0[1], a0[2], a0[3], b0, b1);
+        Tr<T>::mma(acc[1][j], a1[0], a1[1], a1[2], a1[3], b0, b1);
       }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          Tr<T>::mma(acc[i][j], a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y, b[j].x, b[j].y);
-          Tr<T>::mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
-        }
     }
     const int co = nb + (q << 3);
     if (co >= p.Cout8) continue;  // this thread's 8 output channels are padding
@@ -572,8 +619,17 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
 // ---------------------------------------------------------------------------------------------------------
 // Kernel
 
+// Two CTAs per SM (128 registers) on sm_90; on sm_80 the stride-2 instantiation needs a few more registers than 128
+// (ptxas spills otherwise), so it is built for one CTA per SM there: the persistent grid still covers every work
+// item (grid-stride loop), a second CTA per SM just waits for a slot.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MNV2_MIN_CTAS(S) ((S) == 1 ? 2 : 1)
+#else
+#define MNV2_MIN_CTAS(S) 2
+#endif
+
 template <typename T, int S>
-__global__ void __launch_bounds__(kThreads, 2) mnv2_ir_ring_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem[];
   T* const sX = reinterpret_cast<T*>(smem);                         // [MXP][LX]      input rows of a step
   T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [RR * W][LH]   expanded rows (ring)
@@ -734,6 +790,8 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   p.off_wdw = int(L.off_wdw);
   p.off_bdw = int(L.off_bdw);
   p.div_xvec = make_fastdiv(uint32_t(p.CinP / 8));
+  p.xv_pstep = kThreads / (p.CinP / 8);
+  p.xv_cstep = (kThreads % (p.CinP / 8)) * 8;
   p.div_ncg = make_fastdiv(uint32_t(plan.chunk / 8));
   p.div_ns = make_fastdiv(uint32_t((Wo + kPX - 1) / kPX));
   p.div_hcv = make_fastdiv(uint32_t(plan.chunk / 8));
