@@ -2,9 +2,13 @@
 Triton kernels) vs eager cuDNN (original and BN folded) vs torch.compile with freezing.
 
     python -m pytest benchmarks/bench_network_gpu.py --benchmark-columns=median,iqr,rounds
-Synchronised inside the timed call. The main job (`python -m mnv2_kernels --device cuda --cuda-graphs`)
+Synchronised inside the timed call. With MNV2_GPU_RUN_RECORDS set, each median is appended there as a JSON
+line (block "network") for benchmarks/gpu_check.sh's run record. The main job (`python -m mnv2_kernels --device cuda --cuda-graphs`)
 prints the same comparison as a table, with CUDA-graph variants at batch 1.
 """
+import json
+import os
+
 import pytest
 import torch
 
@@ -41,3 +45,10 @@ def test_mobilenet_v2_gpu(benchmark, variants, variant, batch):
     with torch.inference_mode():
         benchmark.pedantic(step, rounds=20, warmup_rounds=3)
     benchmark.extra_info["img_per_s"] = batch / benchmark.stats.stats.median
+    records = os.environ.get("MNV2_GPU_RUN_RECORDS")
+    if records:  # the static report's run format (tools/gpu_static/runs.py); block "network" is not fitted
+        with open(records, "a") as f:
+            f.write(json.dumps(dict(block="network", shape=dict(input=[batch, 3, 224, 224]), batch=batch, dtype="fp16",
+                                    layout="channels_last", variant=f"network-{variant}", backend="network",
+                                    median_us=round(benchmark.stats.stats.median * 1e6, 1),
+                                    timing="pytest-benchmark median, synchronised")) + "\n")

@@ -3,7 +3,8 @@ by benchmarks/gpu_check.sh (benchmarks/gpu_run_record.py) or converted from RESU
 
 Each measurement: block, shape {cin, chid, cout, h, w, stride, has_expand, residual}, batch, dtype
 ("fp16" | "bf16" | "fp32"), layout, variant (a kernel variant name as the launchers' static_plans call it,
-e.g. "triton-gather", or "eager" / "eager-folded" / "compile" for the references), backend, median_us, and
+e.g. "triton-gather", or "eager" / "eager-folded" / "compile" for the references; block "network" holds
+whole-network times, not fitted), backend, median_us, and
 for kernel variants the git commit the kernel source was at (commit) and the config the launcher picked.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ def load_runs(directory):
             raise ValueError(f"{path}: schema {run.get('schema')!r}, expected {SCHEMA!r}")
         for i, m in enumerate(run.get("measurements", [])):
             missing = [k for k in ("block", "shape", "batch", "dtype", "variant", "median_us") if k not in m]
-            if not missing and m["variant"] not in REFERENCE_VARIANTS and "commit" not in m and "git_commit" not in run:
+            if not missing and m["variant"] not in REFERENCE_VARIANTS and m["block"] != "network" and "commit" not in m and "git_commit" not in run:
                 missing = ["commit"]
             if missing:
                 raise ValueError(f"{path}: measurement {i} lacks {missing}")
@@ -40,7 +41,7 @@ def kernel_measurements(runs):
     out = []
     for path, run in runs:
         for m in run.get("measurements", []):
-            if m["variant"] in REFERENCE_VARIANTS or m.get("failed"):
+            if m["variant"] in REFERENCE_VARIANTS or m.get("failed") or m["block"] == "network":
                 continue
             out.append(dict(m, commit=m.get("commit") or run["git_commit"], run=os.path.basename(path)))
     return out

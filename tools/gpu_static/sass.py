@@ -42,8 +42,19 @@ RE_LABEL = re.compile(r"^(\.L_x_\d+):")
 RE_INS = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:\{\s*)?(@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*)")
 
 
+_DISASM = {}
+
+
 def disassemble(cubin, nvdisasm):
-    """{function name: [(addr, opcode, operands, predicated)]}, {function: [(loop start, loop end)]}."""
+    """{function name: [(addr, opcode, operands, predicated)]}, {function: [(loop start, loop end)]}
+    (memoised per cubin file and modification time)."""
+    key = (os.path.abspath(cubin), os.path.getmtime(cubin))
+    if key not in _DISASM:
+        _DISASM[key] = _disassemble(cubin, nvdisasm)
+    return _DISASM[key]
+
+
+def _disassemble(cubin, nvdisasm):
     out = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True).stdout
     funcs, loops_of, fn, labels, pending, branches = {}, {}, None, {}, [], []
 

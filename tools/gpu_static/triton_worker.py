@@ -233,7 +233,7 @@ def main():
                                chosen=bool(p.get("chosen", False)), programs=int(p["programs"]),
                                num_warps=int(p.get("num_warps", 4)),
                                trips={int(k): int(v) for k, v in p.get("trips", {}).items()},
-                               config=_jsonable(p.get("config") or p.get("constexprs") or {}))
+                               config=_jsonable(p.get("config") or p.get("plan") or p.get("constexprs") or {}))
                     if rec["backend"] == "triton":
                         rec["constexprs"] = _jsonable(p.get("constexprs", {}))
                         if job.get("compile", True):
