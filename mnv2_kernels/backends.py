@@ -166,7 +166,11 @@ def _triton_unavailable(device: torch.device) -> Optional[str]:
         import triton  # noqa: F401
     except ImportError as exc:
         return f"triton is not installed ({exc}); pip install triton"
-    if device.type == "cpu" and not _triton_interpreter_active():
+    try:
+        interpreting = device.type == "cpu" and _triton_interpreter_active()
+    except Exception as exc:  # the launcher module itself failed to import
+        return f"the Triton launcher (mnv2_kernels.triton) failed to import: {type(exc).__name__}: {exc}"
+    if device.type == "cpu" and not interpreting:
         return ("Triton runs CPU tensors only in its interpreter, which is off: set TRITON_INTERPRET=1 before "
                 "mnv2_kernels (and triton) is first imported")
     return None

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import mnv2_kernels as mk
-from mnv2_kernels import backends, ops
+from mnv2_kernels import _ext, backends, ops
 from mnv2_kernels._validate import FLOATING_DTYPES, check_inverted_residual_args, kernel_dtype_message
 from mnv2_kernels.testing import random_block_args
 
+requires_cpu_ext = pytest.mark.skipif(_ext.CPU_EXT is None, reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 _CPP_TRAILER = re.compile(r"\n(Exception raised from|frame #).*", re.S)
 
 
@@ -79,6 +80,7 @@ def _triton_launcher():
     return inverted_residual_triton
 
 
+@requires_cpu_ext
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_cpp_and_python_paths_raise_alike(mistake):
     args, expected_type = MISTAKES[mistake]
@@ -113,6 +115,7 @@ def test_non_float_inputs_get_the_packages_message(dtype):
                        f"torch.bfloat16 or torch.float64), got {dtype}; convert the input with x.to(torch.float32)")
 
 
+@requires_cpu_ext
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
 def test_a_dtype_the_cpu_kernel_lacks(dtype):
     """The C++ op and backend="cpu" (the table) refuse it alike: TypeError, the same sentence."""
@@ -128,6 +131,7 @@ def test_a_dtype_the_cpu_kernel_lacks(dtype):
                                + sentence), table[1]
 
 
+@requires_cpu_ext
 def test_cpp_names_dtypes_as_python_does():
     """Every dtype a CPU tensor can have is named in the C++ message exactly as str(dtype)."""
     a = _args()
@@ -156,7 +160,7 @@ def test_explicit_backend_names_itself_once():
     assert msg.count("backend='cuda'") == 1, msg
     assert "  " not in msg.replace("\n  ", "\n"), msg  # no double spaces inside a line
     assert "CUDA tensors only, got a tensor on cpu" in msg
-    assert "backend='auto' picks 'cpu'" in msg
+    assert f"backend='auto' picks {ops.resolve_backend('auto', torch.device('cpu'), torch.float32)!r}" in msg
 
 
 def test_unknown_backend_is_a_value_error_listing_the_choices():

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import mnv2_kernels as mk
-from mnv2_kernels import ops
+from mnv2_kernels import _ext, ops
 from mnv2_kernels.reference import inverted_residual_reference
 from mnv2_kernels.testing import random_block_args, to_float64
 
 from conftest import requires_cuda
+
+requires_cpu_ext = pytest.mark.skipif(_ext.CPU_EXT is None, reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 
 
 def _check(got, args, rtol=1e-5):
@@ -19,12 +21,13 @@ def _check(got, args, rtol=1e-5):
     assert err < rtol, err
 
 
-@pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("cpu", marks=requires_cpu_ext), "reference"])
 def test_backends_compute_the_contract(backend):
     args = random_block_args(16, 48, 16, stride=1, residual=True, h=10, w=7, seed=4)
     _check(ops.inverted_residual(*args, backend=backend), args)
 
 
+@requires_cpu_ext
 def test_resolve_backend_shim():
     cpu = torch.device("cpu")
     assert ops.resolve_backend("auto", cpu) == "cpu"
@@ -39,7 +42,8 @@ def test_resolve_backend_shim():
     assert "CUDA tensors only" in ops.backend_unavailable_reason("cuda", cpu)
 
 
-@pytest.mark.parametrize("op", [torch.ops.mnv2.inverted_residual, ops.inverted_residual])
+@pytest.mark.parametrize("op", [pytest.param(torch.ops.mnv2.inverted_residual, marks=requires_cpu_ext),
+                                ops.inverted_residual])
 def test_errors_say_what_to_do(op):
     args = list(random_block_args(24, 144, 24, residual=True))
     x = args[0]
@@ -63,6 +67,7 @@ def test_errors_say_what_to_do(op):
     assert torch.equal(x, snapshot)
 
 
+@requires_cpu_ext
 def test_cpu_kernel_rejects_float16_clearly():
     args = random_block_args(8, 16, 8, dtype=torch.float16)
     with pytest.raises(TypeError, match=r"the CPU kernel supports torch.float32 and torch.bfloat16, got "
@@ -78,6 +83,7 @@ def test_empty_batch_returns_empty_output():
         assert y.shape == (0, 12, 5, 3)
 
 
+@requires_cpu_ext
 def test_opcheck_cpu_op():
     for stride, residual, expand in [(1, True, True), (2, False, True), (1, False, False)]:
         cin = 12
@@ -94,6 +100,7 @@ def test_opcheck_triton_op_in_interpreter():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@requires_cpu_ext
 def test_torch_export_traces_a_fused_block():
     from mnv2_kernels.models import InvertedResidual
     from mnv2_kernels.testing import randomize_bn_
