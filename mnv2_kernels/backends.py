@@ -35,7 +35,9 @@ any other device -> reference. Falling back to the reference warns once per (dev
 Errors (exception type by mistake, as everywhere in the package): an unknown backend name is a ValueError
 (listing the choices; checked in one place, ``check_name``); x's dtype not floating point, or a dtype the
 requested backend's kernel does not compute, is a TypeError; a backend that cannot run on x's device or is
-not available here (extension not built, triton missing, interpreter off) is a RuntimeError.
+not available here (extension not built, triton missing, interpreter off) is a RuntimeError. Rows are
+chosen by (device, dtype) only: a limit that depends on the block's shape (the CUDA kernel's shared memory
+on very wide blocks) is raised by the kernel's binding as a RuntimeError that names the backend to use.
 
 Caching: ``select`` remembers its answer per (name, device, dtype) for the life of the process (thread-safe).
 Availability is read once then: the extensions load when mnv2_kernels is imported, and Triton's interpreter
