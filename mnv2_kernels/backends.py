@@ -8,7 +8,8 @@ serve raises an error that lists each row's reasons.
     row = select("auto", x.device, x.dtype)     # cheap: cached per (name, device, dtype)
     y = row.run(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
 
-Rows (the one place that says which dtypes each kernel computes; the C++ bindings check the same lists):
+Rows (``ROWS`` below is the one place that says which dtypes each kernel computes; this summary mirrors it,
+and the C++ bindings check the same lists, held to the table by tests/test_backends.py):
 
   name       devices  dtypes                               op it calls
   cpu        cpu      float32, bfloat16                    torch.ops.mnv2.inverted_residual (extension _C)
@@ -26,11 +27,12 @@ any other device -> reference. Falling back to the reference warns once per (dev
 
 * The Triton interpreter is never picked by "auto": it is a test vehicle, hundreds of times slower than
   the reference. Ask for it with backend="triton".
-* bfloat16 on the CPU: the CPU kernel converts bfloat16 to float32 on load and computes in float32, so it
-  serves bfloat16 faster than the reference (PyTorch's own bfloat16 convolutions) on every CPU measured;
-  "auto" picks it. But on a CPU without AVX512-BF16 / AMX, a bfloat16 model is about 3.5x slower than the
-  same model in float32 (the conversions, and the unfused layers around the blocks running PyTorch's
-  bfloat16 kernels): for speed on such a CPU run the model in float32. "auto" cannot change x's dtype.
+* bfloat16 on the CPU: the CPU kernel converts bfloat16 to float32 on load and computes in float32, so a
+  block costs about what it costs in float32, and far less than the reference (PyTorch's own bfloat16
+  convolutions; without AVX512-BF16 / AMX ~180x slower on block 24->144->24, 56x56, batch 8): "auto" picks
+  the CPU kernel. A whole bfloat16 model is still ~2.5-3.5x slower than in float32 on such a CPU, because
+  the layers outside the blocks (stem, head, classifier) run PyTorch's bfloat16 kernels: for speed there,
+  run the model in float32 ("auto" cannot change x's dtype). Numbers: docs/CONTRACT.md.
 
 Errors (exception type by mistake, as everywhere in the package): an unknown backend name is a ValueError
 (listing the choices; checked in one place, ``check_name``); x's dtype not floating point, or a dtype the
@@ -40,9 +42,10 @@ chosen by (device, dtype) only: a limit that depends on the block's shape (the C
 on very wide blocks) is raised by the kernel's binding as a RuntimeError that names the backend to use.
 
 Caching: ``select`` remembers its answer per (name, device, dtype) for the life of the process (thread-safe).
-Availability is read once then: the extensions load when mnv2_kernels is imported, and Triton's interpreter
-is chosen (TRITON_INTERPRET=1) when triton first compiles the kernel module, so a later change of the
-environment does not change what runs; ``clear_cache()`` makes ``select`` look again.
+Availability is read once then: the extensions load when mnv2_kernels is imported, and whether the Triton
+kernel runs in the interpreter (TRITON_INTERPRET=1) is fixed when mnv2_kernels.triton is first imported (the
+kernel is decorated then), so a later change of the environment does not change what runs;
+``clear_cache()`` makes ``select`` look again (it does not re-import anything).
 
 Adding a backend: register its op (mnv2_kernels/ops.py), add one row to ``ROWS`` and, if "auto" should
 use it, its name to ``AUTO_PRIORITY``.
@@ -64,7 +67,7 @@ from ._validate import FLOATING_DTYPES, check_inverted_residual_args, check_x_dt
 from .reference import inverted_residual_reference
 
 __all__ = ["Backend", "ROWS", "NAMES", "AUTO_PRIORITY", "ReferenceFallbackWarning", "select", "check_name",
-           "clear_cache"]
+           "auto_priority", "clear_cache"]
 
 _F32, _F16, _BF16 = torch.float32, torch.float16, torch.bfloat16
 # The CUDA kernel's dtypes (csrc/cuda/inverted_residual_binding.cpp checks the same list).
