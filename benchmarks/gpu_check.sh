@@ -22,7 +22,7 @@ LOG=$OUT/gpu_check.log
 SUMMARY=$OUT/summary.md
 STEPS=$OUT/steps.txt
 export MNV2_RESULTS=$SUMMARY MNV2_GPU_RUN_RECORDS=$OUT/gpu_run_records.jsonl
-: > "$SUMMARY"; : > "$STEPS"; : > "$MNV2_GPU_RUN_RECORDS"
+: > "$SUMMARY"; : > "$STEPS"; : > "$LOG"; : > "$MNV2_GPU_RUN_RECORDS"
 t0=$(date +%s)
 BUDGET=${MNV2_GPU_CHECK_BUDGET:-525}   # seconds for all steps (the device call allows 600)
 FAILED=0

@@ -146,3 +146,24 @@ def test_baseline_covers_every_block_and_has_coefficients():
 def test_gpu_check_script_parses():
     r = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_gpu_check_records_assemble_into_a_loadable_run(tmp_path):
+    """What benchmarks/gpu_check.sh does with the benchmark's measurement lines: a run file the report reads."""
+    b2 = next(b for b in repo.mobilenet_v2_blocks() if b["name"] == "2")
+    shape = {k: v for k, v in b2.items() if k != "name"}
+    lines = tmp_path / "records.jsonl"
+    lines.write_text(json.dumps(dict(block="2", shape=shape, batch=256, dtype="fp16", layout="channels_last",
+                                     variant="triton-ring", backend="triton", median_us=123.4, chosen=True)) + "\n"
+                     + json.dumps(dict(block="2", shape=shape, batch=256, dtype="fp16", layout="channels_last",
+                                       variant="eager", backend="torch", median_us=1600.0)) + "\n")
+    out_dir = tmp_path / "runs"
+    out_dir.mkdir()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_static", "record.py"), str(lines),
+                        str(out_dir / "run.json"), "--what", "test"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    recorded = runs.load_runs(str(out_dir))
+    (m,) = runs.kernel_measurements(recorded)
+    assert m["variant"] == "triton-ring" and m["median_us"] == 123.4 and len(m["commit"]) == 40
+    assert len(m["source_sha256"]) == 64
+    assert runs.reference_times(recorded) == {("2", "fp16", 256): 1600.0}

@@ -64,10 +64,11 @@ def main():
             name, sms = pr.name, pr.multi_processor_count
     except Exception:
         pass
-    hashes = {p: repo.tree_hash(repo.ROOT, p) for p in repo.KERNEL_PATHS}
+    hashes = {p: repo.tree_hash(repo.ROOT, p) for p in repo.KERNEL_PATHS + ("mnv2_kernels/triton",)}
     for m in ms:
         m.setdefault("commit", head)
-        m.setdefault("source_sha256", hashes.get("mnv2_kernels/triton" if m.get("backend") == "triton" else "csrc/cuda"))
+        if m.get("backend") in ("triton", "cuda"):
+            m.setdefault("source_sha256", hashes["mnv2_kernels/triton" if m["backend"] == "triton" else "csrc/cuda"])
     run = {"schema": "mnv2-gpu-run/1", "date": time.strftime("%Y-%m-%d", time.gmtime()), "what": a.what,
            "device": {"name": name, "sms": sms, "nvidia_smi": smi}, "software": versions, "command": a.command,
            "timing": "median of triton.testing.do_bench(warmup=10, rep=50) (CUDA events, L2 flushed), microseconds",
