@@ -1,6 +1,10 @@
-"""The fused CUDA kernel (csrc/cuda, extension mnv2_kernels._C_cuda): registration, odd block configs, layouts,
-alignment, int64 indexing and error messages. The 17-shape MobileNetV2 matrix over all backends lives in
-tests/test_inverted_residual_triton.py; this file keeps to CUDA-kernel concerns.
+"""The fused CUDA kernel (csrc/cuda, extension mnv2_kernels._C_cuda): registration, the 17 MobileNetV2 block
+shapes x batch 1, 8, 64 x float16 / bfloat16 against float64 with poisoned outputs, odd block configs, layouts,
+alignment, int64 indexing, NaN / inf semantics and error messages. (tests/test_cuda_emulation.py checks the
+kernel's schedule and index arithmetic on the CPU.)
+
+The CUDA kernel serves float16 and bfloat16 (tensor cores, float32 accumulation); float32 raises a TypeError
+that names the dtypes it serves.
 
 Accuracy rule: max |kernel - float64 reference| <= 2 x max |eager PyTorch in the same dtype - float64 reference|
 + a small atol (a few output ulps); NaN or inf never passes.
@@ -99,8 +103,73 @@ def _cfg_id(c):
     return f"n{n}-{cin}-{chid}-{cout}-{h}x{w}-s{s}{'-res' if res else ''}{'' if exp else '-noexp'}"
 
 
+# MobileNetV2 blocks at 224x224 (shared/NOTES.md section 2 numbering; 5-6, 8-10, 12-13, 15-16 repeat a shape):
+# (name, Cin, Chid, Cout, stride, H = W); block 1 also without its expand conv.
+MBV2_BLOCKS = [("1", 32, 32, 16, 1, 112), ("2", 16, 96, 24, 2, 112), ("3", 24, 144, 24, 1, 56),
+               ("4", 24, 144, 32, 2, 56), ("5", 32, 192, 32, 1, 28), ("6", 32, 192, 32, 1, 28),
+               ("7", 32, 192, 64, 2, 28), ("8", 64, 384, 64, 1, 14), ("9", 64, 384, 64, 1, 14),
+               ("10", 64, 384, 64, 1, 14), ("11", 64, 384, 96, 1, 14), ("12", 96, 576, 96, 1, 14),
+               ("13", 96, 576, 96, 1, 14), ("14", 96, 576, 160, 2, 14), ("15", 160, 960, 160, 1, 7),
+               ("16", 160, 960, 160, 1, 7), ("17", 160, 960, 320, 1, 7)]
+DISTINCT_BLOCKS = [b for b in MBV2_BLOCKS if b[0] in ("1", "2", "3", "4", "5", "7", "8", "11", "12", "14", "15", "17")]
+
+
+def _poison_allocator(nbytes):
+    """Fills freed blocks of PyTorch's CUDA caching allocator with NaN so a fresh output that the kernel fails to
+    write shows up as NaN (the op allocates its output with at::empty, which reuses cached blocks)."""
+    blocks = [torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.float16, device="cuda")
+              for _ in range(3)]
+    torch.cuda.synchronize()
+    del blocks
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (b) GPU tests
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 8, 64])
+@pytest.mark.parametrize("blk", DISTINCT_BLOCKS + [("1-noexp", 32, 32, 16, 1, 112)], ids=lambda b: "b" + b[0])
+def test_mobilenet_v2_blocks_match_float64(blk, n, dtype):
+    """The 12 distinct MobileNetV2 block shapes (the 17 blocks' shapes; repeats share a shape) and block 1 without
+    its expand conv, outputs poisoned with NaN before the run; batch 8 feeds NCHW, the others channels_last."""
+    name, cin, chid, cout, s, h = blk
+    exp = not name.endswith("noexp")
+    res = s == 1 and cin == cout
+    args = list(random_block_args(cin, chid, cout, stride=s, residual=res, expand=exp, n=1, h=1, w=1, dtype=dtype,
+                                  device="cuda", seed=int(name.split("-")[0])))
+    g = torch.Generator(device="cuda").manual_seed(n)
+    x = (torch.randn(n, cin, h, h, device="cuda", generator=g) * 2.0).to(dtype)
+    args[0] = x.contiguous(memory_format=torch.channels_last) if n != 8 else x
+    ho = (h - 1) // s + 1
+    _poison_allocator(n * cout * ho * ho * 2 * 2)
+    got = _run(args)
+    torch.cuda.synchronize()
+    _check_accuracy(got, args, f"block {name} n={n}")
+    assert got.is_contiguous(memory_format=torch.channels_last) == (n != 8)
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inf_input_gives_what_pytorch_gives(dtype):
+    # inf in one input channel: the expanded channels clamp to 0 or 6 (finite), so padded hidden channels (Chid
+    # 120 -> 128 inside the kernel) must not turn it into NaN (0 * inf) anywhere
+    args = list(random_block_args(20, 120, 36, stride=1, n=1, h=9, w=9, dtype=dtype, device="cuda", seed=4))
+    x = args[0].clone()
+    x[0, 3, 4, 4] = float("inf")
+    args[0] = x
+    got = _run(args).double().cpu()
+    ref = inverted_residual_reference(*to_float64(args))
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)), "NaN where PyTorch (float64) has none, or vice versa"
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+
+
+@needs_cuda_kernel
+def test_too_wide_image_is_refused_with_a_reason():
+    # one image row of 3000 pixels x 96 hidden channels does not fit one CTA's shared memory
+    args = random_block_args(16, 96, 24, stride=1, n=1, h=3, w=3000, dtype=torch.float16, device="cuda", seed=1)
+    with pytest.raises(RuntimeError, match=r"cannot run a block .* shared memory .* use backend='triton'"):
+        _run(args)
 
 @needs_cuda_kernel
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

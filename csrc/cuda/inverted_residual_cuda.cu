@@ -368,13 +368,23 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     const int nt = t - mt * ntiles;
     const int px0 = mt << 5;
     const int nb = c0 + (nt << 5);  // first hidden channel of the warp tile
+    // this thread's accumulators hold channels ch0 .. ch0 + 7 (pair j: ch0 + 2j, + 1) of pixels px0 + 16i + g (+8);
+    // they start at the bias
+    const int ch0 = nb + (q << 3);
     float acc[2][4][4];
+    {
+      const uint4 bv = ch0 < p.Chid8 ? ldg16(be + ch0) : make_uint4(0, 0, 0, 0);
+      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = Tr<T>::to_f2(bw[j]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+        for (int i = 0; i < 2; ++i) {
+          acc[i][j][0] = acc[i][j][2] = f.x;
+          acc[i][j][1] = acc[i][j][3] = f.y;
+        }
+      }
+    }
     // B rows of this thread: hidden channel nb + 8*(g/2) + 2j + g%2. Rows past Chid8 read row 0 instead: their
     // outputs are padded channels, which the epilogue forces to 0. Columns (K) past Cin8 read 0.
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
@@ -399,40 +409,28 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
         Tr<T>::mma(acc[1][j], a1[0], a1[1], a1[2], a1[3], b0, b1);
       }
     }
-    // epilogue: this thread holds channels ch0 .. ch0 + 7 of pixels px0 + 16i + g (+8)
-    const int ch0 = nb + (q << 3);
-    float bias[8];
-    {
-      const uint4 bv = ch0 < p.Chid8 ? ldg16(be + ch0) : make_uint4(0, 0, 0, 0);
-      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
+    // epilogue: ReLU6, round, hidden channels >= chid_real forced to exactly 0 (a mask, so NaN cannot leak)
+    uint32_t keep[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = Tr<T>::to_f2(bw[j]);
-        bias[2 * j] = f.x;
-        bias[2 * j + 1] = f.y;
-      }
-    }
-    const int cl = ch0 - c0;  // chunk-local channel
-    const bool all_real = nb + 32 <= p.chid_real;  // warp-uniform
+    for (int j = 0; j < 4; ++j)
+      keep[j] = (ch0 + 2 * j < p.chid_real ? 0xffffu : 0u) | (ch0 + 2 * j + 1 < p.chid_real ? 0xffff0000u : 0u);
+    T* const dst = sRing + (ch0 - c0);  // chunk-local channel
+    int rp0 = ring_px0 + px0 + g;
+    if (rp0 >= ring_pix) rp0 -= ring_pix;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int pix = px0 + i * 16 + g + 8 * h;
-        uint32_t o[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) o[j] = Tr<T>::relu6_f2(acc[i][j][2 * h] + bias[2 * j], acc[i][j][2 * h + 1] + bias[2 * j + 1]);
-        if (!all_real) {  // hidden channels >= chid_real are padding: exactly 0 (select, so NaN cannot leak)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const uint32_t keep = (ch0 + 2 * j < p.chid_real ? 0xffffu : 0u) | (ch0 + 2 * j + 1 < p.chid_real ? 0xffff0000u : 0u);
-            o[j] &= keep;
-          }
-        }
-        if (pix < npix) {
-          int rp = ring_px0 + pix;
+        const int d = i * 16 + 8 * h;
+        uint4 o;
+        o.x = Tr<T>::relu6_f2(acc[i][0][2 * h], acc[i][0][2 * h + 1]) & keep[0];
+        o.y = Tr<T>::relu6_f2(acc[i][1][2 * h], acc[i][1][2 * h + 1]) & keep[1];
+        o.z = Tr<T>::relu6_f2(acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
+        o.w = Tr<T>::relu6_f2(acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
+        if (px0 + g + d < npix) {
+          int rp = rp0 + d;
           if (rp >= ring_pix) rp -= ring_pix;
-          sts16(sRing + rp * p.LH + cl, make_uint4(o[0], o[1], o[2], o[3]));
+          sts16(dst + rp * p.LH, o);
         }
       }
   }
