@@ -56,7 +56,8 @@ class FuseReport(List[BlockReport]):
 
 def _is_depthwise(m: nn.Module) -> bool:
     """A depthwise conv: one group per input channel (a block with one hidden channel has groups == 1)."""
-    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels and (m.groups > 1 or m.out_channels == 1)
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels and (
+        m.groups > 1 or (m.out_channels == 1 and m.kernel_size != (1, 1)))
 
 
 def _depthwise_counts(model: nn.Module) -> Dict[str, int]:
