@@ -119,6 +119,14 @@ def test_float16(case):
 
 
 @interpreter_only
+@pytest.mark.parametrize("variant", ["ring", "chunk"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[6], CASES[8]], ids=case_id)
+def test_variants(case, variant):
+    """Both kernels, forced, on shapes whose output fits one tile (where the launcher may pick either)."""
+    assert run_case(case, variant=variant) < INTERP_TOL[torch.float32]
+
+
+@interpreter_only
 def test_tf32_option_runs():
     assert run_case(CASES[0], fp32_precision="tf32") < 1e-2
 
@@ -240,6 +248,8 @@ def test_errors():
         inverted_residual_triton(torch.randn(1, 5, 9, 9), *args[1:])
     with pytest.raises(ValueError, match="variant must be one of"):
         inverted_residual_triton(*args, variant="gather")
+    with pytest.raises(ValueError, match="variant 'chunk' needs an output image of at most 64 pixels, got 9x9"):
+        inverted_residual_triton(*args, variant="chunk")
     with pytest.raises(ValueError, match="fp32_precision must be one of"):
         inverted_residual_triton(*args, fp32_precision="bf16")
 
@@ -255,18 +265,23 @@ def test_bfloat16_cpu_refused():
 @interpreter_only
 def test_static_plans_match_the_launch():
     """static_plans (the static sm_90a report's view) describes the configuration the launcher uses."""
-    plans = launcher.static_plans(256, 24, 144, 24, 56, 56, 1, True, True, torch.float16)
-    assert [p["chosen"] for p in plans].count(True) == 1
-    plan = plans[0]
-    cfg, programs, ints, consts = launcher._launch_params(256, 24, 144, 24, 56, 56, 1, True, True,
-                                                          torch.float16, 132)
-    assert plan["constexprs"] == consts and plan["programs"] == programs and plan["num_warps"] == cfg.num_warps
-    assert all(plan["args"][k] == v for k, v in ints.items())
-    params = [p.name for p in plan["kernel"].params] if hasattr(plan["kernel"], "params") else None
-    if params is not None:
-        assert set(params) == set(plan["args"]) | set(plan["constexprs"])
-    assert plan["trips"][1] == ints["ITEMS_PER_PROG"] and plan["trips"][3] >= plan["trips"][2] >= plan["trips"][1]
-    assert programs * cfg.ring * (56 + 2) * cfg.chs * 4 <= launcher._L2_SCRATCH_BYTES
+    import inspect
+    for shape in [(24, 144, 24, 56, 56, 1, True, True), (160, 960, 320, 7, 7, 1, True, False),
+                  (96, 576, 160, 14, 14, 2, True, False)]:
+        plans = launcher.static_plans(256, *shape[:3], *shape[3:5], *shape[5:], torch.float16)
+        assert [p["chosen"] for p in plans].count(True) == 1
+        assert {p["name"] for p in plans} <= {"triton-ring", "triton-chunk"} and len(plans) == len({p["name"] for p in plans})
+        for plan in plans:
+            variant = plan["name"].split("-", 1)[1]
+            cfg, programs, ints, consts, kernel = launcher._launch_params(variant, 256, *shape, torch.float16, 132)
+            assert plan["constexprs"] == consts and plan["programs"] == programs
+            assert plan["num_warps"] == cfg.num_warps and plan["kernel"] is kernel
+            assert all(plan["args"][k] == v for k, v in ints.items())
+            params = inspect.signature(getattr(kernel, "fn", kernel)).parameters
+            assert set(params) == set(plan["args"]) | set(plan["constexprs"])
+            assert plan["trips"][1] == ints["ITEMS_PER_PROG"] and plan["trips"][3] >= plan["trips"][2] >= plan["trips"][1]
+            scratch = launcher._scratch_bytes(variant, cfg, shape[4], 2, True)
+            assert programs * scratch <= launcher._L2_SCRATCH_BYTES or programs <= 132
 
 
 @interpreter_only
@@ -326,23 +341,25 @@ def gpu_args(cin, chid, cout, stride, residual, expand, n, h, w, dtype, seed=0):
 
 def _compile_job(job):
     """Worker process: runs one GPU case at batch 1, which leaves its kernel in Triton's on-disk cache."""
-    case, dtype = job
-    inverted_residual_triton(*gpu_args(*case[:6], 1, *case[7:], dtype))
+    case, dtype, variant = job
+    inverted_residual_triton(*gpu_args(*case[:6], 1, *case[7:], dtype), variant=variant)
     torch.cuda.synchronize()
 
 
 def _gpu_compile_jobs():
     """One (case, dtype) per distinct kernel specialisation the GPU tests below need (channel counts and the
     configuration are compile-time constants; image sizes and the batch are not)."""
-    jobs = ([((cin, chid, cout, s, res, exp, 1, h, h), dt)
+    jobs = ([((cin, chid, cout, s, res, exp, 1, h, h), dt, "auto")
              for _, cin, chid, cout, s, res, exp, h in GPU_SHAPES for dt in GPU_DTYPES]
-            + [(case, dt) for case, dt in ODD_GPU]
-            + [(LAYOUT_GPU_CASE, torch.float16), (INT64_GPU_CASE, torch.float16)])
+            + [(case, dt, "auto") for case, dt in ODD_GPU]
+            + [(case, torch.float16, v) for case in VARIANT_GPU_CASES for v in ("ring", "chunk")]
+            + [(LAYOUT_GPU_CASE, torch.float16, "auto"), (INT64_GPU_CASE, torch.float16, "auto")])
     distinct = {}
-    for case, dt in jobs:
+    for case, dt, variant in jobs:
         cin, chid, cout, s, res, exp, _, h, w = case
-        cfg = launcher._pick_config(cin, chid, cout, h, w, s, exp, dt)
-        distinct.setdefault((cfg, cin, chid, cout, s, res, exp, dt), (case, dt))
+        v = launcher._chosen_variant(cin, chid, cout, h, w, s, exp, res, dt) if variant == "auto" else variant
+        cfg = launcher._variant_config(v, cin, chid, cout, h, w, s, exp, res, dt)
+        distinct.setdefault((v, cfg, cin, chid, cout, s, res, exp, dt), (case, dt, v))
     return list(distinct.values())
 
 
@@ -384,6 +401,9 @@ def test_mobilenetv2_blocks_gpu(precompiled, backend, shape, batch, dtype):
 
 
 LAYOUT_GPU_CASE = (24, 144, 24, 1, True, True, 3, 15, 13)
+# Shapes where both kernels apply (output of at most 64 pixels): each forced (blocks 14, 15-16, 17 at batch 8).
+VARIANT_GPU_CASES = [(96, 576, 160, 2, False, True, 8, 14, 14), (160, 960, 160, 1, True, True, 8, 7, 7),
+                     (160, 960, 320, 1, False, True, 8, 7, 7)]
 INT64_GPU_CASE = (16, 16, 16, 1, True, False, 8193, 128, 128)    # 8193 * 16 * 128 * 128 > 2^31 elements
 # Every odd case in float16; a few in bfloat16 and float32 (each (shape, dtype) pair is one more compile).
 ODD_GPU = ([(c, torch.float16) for c in CASES] + [(CASES[0], torch.bfloat16), (CASES[6], torch.bfloat16),
@@ -403,6 +423,16 @@ def test_odd_configurations_gpu(precompiled, backend, case, dtype):
 def test_layouts_gpu(precompiled, backend, kind):
     args = gpu_args(*LAYOUT_GPU_CASE, torch.float16)
     check_gpu(backend, (layout(args[0].contiguous(), kind),) + args[1:], torch.float16)
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["ring", "chunk"])
+@pytest.mark.parametrize("case", VARIANT_GPU_CASES, ids=case_id)
+def test_variants_gpu(precompiled, case, variant):
+    args = gpu_args(*case, torch.float16)
+    y = inverted_residual_triton(*args, variant=variant)
+    ref = inverted_residual_reference(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    assert rel_err(y, ref) <= 2 * rel_err(inverted_residual_reference(*args), ref) + GPU_ATOL[torch.float16]
 
 
 @requires_cuda

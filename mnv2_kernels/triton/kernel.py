@@ -214,3 +214,120 @@ def inverted_residual_ring_kernel(
                 _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO, CO_TILES * BLOCK_CO,
                               CO_REST, BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION)
             tl.debug_barrier()                        # dbuf and the ring were read before they are rewritten
+
+
+@triton.jit(do_not_specialize=["H", "W", "HO", "WO", "ITEMS", "ITEMS_PER_PROG"])
+def inverted_residual_chunk_kernel(
+    x_ptr,          # [N, H, W, CIN] NHWC contiguous (x in channels_last), dtype T in {fp16, bf16, fp32}
+    we_ptr,         # [CHID, CIN] contiguous, dtype T; any valid pointer when HAS_EXPAND is False (unread)
+    be_ptr,         # [CHID], dtype T; any valid pointer when HAS_EXPAND is False (unread)
+    wdw_ptr,        # [9, CHS] float32 contiguous: w_dw transposed (tap ky * 3 + kx), zero-padded to CHS
+    bdw_ptr,        # [CHS] float32: b_dw zero-padded to CHS
+    wp_ptr,         # [COUT, CHID] contiguous, dtype T
+    bp_ptr,         # [COUT], dtype T
+    y_ptr,          # [N, HO, WO, COUT] NHWC contiguous (output in channels_last), dtype T
+    ring_ptr,       # [programs, RING, W + 2, CHUNK] float32 scratch (unused when HAS_EXPAND is False)
+    dbuf_ptr,       # [programs, BLOCK_PB, CHS] scratch, dtype T
+    H, W,           # int: input height, width (>= 1)
+    HO, WO,         # int: output height, width; HO * WO <= BLOCK_PB
+    ITEMS,          # int: N (one image per work item)
+    ITEMS_PER_PROG,  # int: cdiv(ITEMS, programs); program pid does items [pid, pid + 1) * ITEMS_PER_PROG
+    CIN: tl.constexpr, CHID: tl.constexpr, COUT: tl.constexpr,   # input, expanded, output channels
+    CHS: tl.constexpr,          # CHID rounded up to a multiple of CHUNK
+    STRIDE: tl.constexpr,       # 1 or 2 (depthwise stride; padding is 1)
+    RING: tl.constexpr,         # ring rows: (HO - 1) * STRIDE + 3 (the image's rows and its zero halo rows)
+    BLOCK_PA: tl.constexpr,     # input pixels per expand tile (power of two)
+    BLOCK_PB: tl.constexpr,     # output pixels of the image's one depthwise/project tile (power of two)
+    CHUNK: tl.constexpr,        # expanded channels per loop step (power of two >= 16)
+    BLOCK_K: tl.constexpr,      # input channels per expand dot step (power of two >= 16)
+    K_STEPS: tl.constexpr,      # cdiv(CIN, BLOCK_K)
+    BLOCK_CO: tl.constexpr,     # output channels per project tile (power of two >= 16)
+    CO_TILES: tl.constexpr,     # project tiles of BLOCK_CO channels
+    CO_REST: tl.constexpr,      # channels of one more, last project tile (0: none; power of two >= 16)
+    HAS_EXPAND: tl.constexpr,   # the block has an expand conv (w_expand, b_expand)
+    RESIDUAL: tl.constexpr,     # add x to the output (STRIDE == 1 and CIN == COUT)
+    DOT_PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee" (exact) or "tf32"
+):
+    """The "chunk" variant, for images whose whole output fits one tile (e.g. 7x7): an item is one image, and
+    the ring holds one chunk of expanded channels of the whole image (with its zero border) at a time:
+
+        for each chunk: ring = relu6(x @ w_expand[chunk].T + b_expand[chunk]) on the image's pixels
+                        dbuf[:, chunk] = relu6(depthwise(ring) + b_dw[chunk])
+        y = dbuf @ w_project.T + b_project (+ x)
+
+    so the scratch per program is RING * (W + 2) * CHUNK floats plus dbuf, independent of CHID."""
+    pid = tl.program_id(0)
+    WS = W + 2
+    ring = ring_ptr + pid.to(tl.int64) * RING * WS * CHUNK
+    dbuf = dbuf_ptr + pid.to(tl.int64) * (BLOCK_PB * CHS)
+    item0 = pid * ITEMS_PER_PROG
+    item1 = tl.minimum(item0 + ITEMS_PER_PROG, ITEMS)
+    qa_ar = tl.arange(0, BLOCK_PA)
+    qb_ar = tl.arange(0, BLOCK_PB)
+    c_ar = tl.arange(0, CHUNK)
+    k_ar = tl.arange(0, BLOCK_K)
+    if HAS_EXPAND:
+        # Zero the whole ring once: its border (halo rows and columns) is never written again.
+        for z0 in range(0, RING * WS, BLOCK_PA):
+            zq = z0 + qa_ar
+            tl.store(ring + zq[:, None] * CHUNK + c_ar[None, :], tl.zeros((BLOCK_PA, CHUNK), dtype=tl.float32),
+                     mask=(zq < RING * WS)[:, None])
+        tl.debug_barrier()
+
+    npa = H * W
+    npb = HO * WO
+    p_ok = qb_ar < npb
+    pc = tl.minimum(qb_ar, npb - 1)                   # pixels past the image compute a copy, never stored
+    oy = pc // WO
+    ox = pc % WO
+    tap0 = (oy * STRIDE * WS + ox * STRIDE) * CHUNK   # ring offset of tap (0, 0) (ring row iy + 1, column ix + 1)
+    for n in range(item0, item1):
+        n64 = tl.cast(n, tl.int64)
+        x_img = x_ptr + n64 * H * W * CIN
+        y_img = y_ptr + n64 * HO * WO * COUT
+        for c0 in range(0, CHS, CHUNK):
+            c = c0 + c_ar
+            c_ok = c < CHID
+            if HAS_EXPAND:
+                for a0 in range(0, npa, BLOCK_PA):
+                    qa = a0 + qa_ar
+                    qa_ok = qa < npa
+                    x_off = qa.to(tl.int64) * CIN                                          # [BLOCK_PA]
+                    s_off = ((qa // W + 1) * WS + qa % W + 1) * CHUNK                      # [BLOCK_PA]
+                    h = tl.zeros((BLOCK_PA, CHUNK), dtype=tl.float32)
+                    for ks in tl.static_range(K_STEPS):
+                        k = ks * BLOCK_K + k_ar
+                        k_ok = k < CIN
+                        xv = tl.load(x_img + x_off[:, None] + k[None, :], mask=qa_ok[:, None] & k_ok[None, :],
+                                     other=0.0)                                            # [BLOCK_PA, BLOCK_K]
+                        wv = tl.load(we_ptr + c[None, :] * CIN + k[:, None], mask=k_ok[:, None] & c_ok[None, :],
+                                     other=0.0)                                            # [BLOCK_K, CHUNK]
+                        h = tl.dot(xv, wv, h, input_precision=DOT_PRECISION)
+                    b = tl.load(be_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+                    # Padded channels are exactly 0 (a select: an inf in x times a 0 weight is NaN).
+                    h = tl.where(c_ok[None, :], _relu6(h + b[None, :]), 0.0)
+                    tl.store(ring + s_off[:, None] + c_ar[None, :], h, mask=qa_ok[:, None])
+                tl.debug_barrier()                    # the chunk, written by all threads, is visible
+            d = tl.zeros((BLOCK_PB, CHUNK), dtype=tl.float32)
+            for ky in tl.static_range(3):
+                for kx in tl.static_range(3):
+                    if HAS_EXPAND:
+                        hv = tl.load(ring + (tap0 + (ky * WS + kx) * CHUNK)[:, None] + c_ar[None, :])
+                    else:
+                        ry = oy * STRIDE - 1 + ky
+                        rx = ox * STRIDE - 1 + kx
+                        ok = (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
+                        hv = tl.load(x_img + (ry * W + rx).to(tl.int64)[:, None] * CIN + c[None, :],
+                                     mask=ok[:, None] & (c < CIN)[None, :], other=0.0).to(tl.float32)
+                    wv = tl.load(wdw_ptr + (ky * 3 + kx) * CHS + c)                              # [CHUNK]
+                    d += hv * wv[None, :]
+            d = _relu6(d + tl.load(bdw_ptr + c)[None, :])   # padded channels: 0 * 0 + 0 -> exactly 0
+            tl.store(dbuf + qb_ar[:, None] * CHS + c[None, :], d.to(dbuf_ptr.dtype.element_ty))
+            tl.debug_barrier()                        # the ring was read before the next chunk rewrites it
+        for t in tl.static_range(CO_TILES):
+            _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO, t * BLOCK_CO, BLOCK_CO,
+                          BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION)
+        if CO_REST > 0:
+            _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO, CO_TILES * BLOCK_CO,
+                          CO_REST, BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION)
+        tl.debug_barrier()                            # dbuf was read before the next image rewrites it

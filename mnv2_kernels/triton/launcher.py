@@ -14,11 +14,11 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._validate import check_inverted_residual_args, wants_channels_last
-from .kernel import inverted_residual_ring_kernel
+from .kernel import inverted_residual_chunk_kernel, inverted_residual_ring_kernel
 
 _PREFIX = "mnv2.inverted_residual_triton: "
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_VARIANTS = ("auto", "ring")
+_VARIANTS = ("auto", "ring", "chunk")
 _FP32_PRECISIONS = ("ieee", "tf32")
 
 # Persistent grid: at most _PROGRAMS_PER_SM programs per SM, and no more programs than keep the whole grid's
@@ -57,7 +57,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool, residual: bool,
                  dtype: torch.dtype) -> _Config:
     """The kernel configuration for one block shape (independent of the batch size).
 
@@ -72,40 +72,77 @@ def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, ha
     rows = max(1, min(ho, block_pb // wo))
     ring = (rows - 1) * stride + 3
     block_pa = max(64, min(256, _next_pow2(rows * stride * w)))
-    chunk = 16 if chid <= 16 else 32
+    # Channel chunks of 32, or 16 where 32 would pad the hidden channels (144 = 9 x 16) or the tile is 128
+    # pixels wide (register pressure of the 9 unrolled taps).
+    chunk = 32 if chid % 32 == 0 and block_pb <= 64 else 16
     chs = _cdiv(chid, chunk) * chunk
     block_k = max(16, _next_pow2(cin)) if cin <= 64 else 32
     k_steps = _cdiv(cin, block_k)
-    # Project tiles: accumulators of at most 8192 fp32 (64 registers a thread at 4 warps); the last tile is a
-    # smaller power of two when that pads less (160 = 128 + 32).
-    block_co = min(max(16, _next_pow2(cout)), 8192 // block_pb)
-    co_tiles, rest = divmod(cout, block_co)
-    co_rest = max(16, _next_pow2(rest)) if rest else 0
-    if co_rest == block_co:
-        co_tiles, co_rest = co_tiles + 1, 0
-    return _Config(block_pb, rows, ring, block_pa, chunk, chs, block_k, k_steps, block_co, co_tiles, co_rest, 4, 2)
+    # Project tiles: one power-of-two tile up to 128 channels without a residual; else tiles of equal width,
+    # the widest of 64, 32, 16 channels (at most 4096 fp32 accumulators, 32 registers a thread) that pads Cout
+    # by at most a quarter (or to the next multiple of 16). Wider or mixed tiles (128, 64 + 32) cost up to 255
+    # registers with the residual epilogue in the sm_90a build.
+    block_co = 16
+    if not residual and cout <= 8192 // block_pb:
+        block_co = max(16, _next_pow2(cout))
+    else:
+        for bc in (64, 32):
+            if bc <= 4096 // block_pb and _cdiv(cout, bc) * bc - cout <= max(15, cout // 4):
+                block_co = bc
+                break
+    return _Config(block_pb, rows, ring, block_pa, chunk, chs, block_k, k_steps, block_co, _cdiv(cout, block_co),
+                   0, 4, 2)
 
 
-def _programs(items: int, cfg: _Config, w: int, itemsize: int, sms: int, per_sm: int, has_expand: bool) -> int:
+def _pick_chunk_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+                       residual: bool, dtype: torch.dtype) -> Optional[_Config]:
+    """The "chunk" kernel's configuration, or None when the image's output does not fit one 64-pixel tile
+    (that kernel holds one whole image per item). Same channel chunks and project tiles as the ring's."""
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    if ho * wo > 64:
+        return None
+    r = _pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    return r._replace(block_pb=64, rows=ho, ring=(ho - 1) * stride + 3,
+                      block_pa=max(64, min(128, _next_pow2(h * w))))
+
+
+def _variant_config(variant: str, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
+                    has_expand: bool, residual: bool, dtype: torch.dtype) -> Optional[_Config]:
+    if variant == "ring":
+        return _pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    return _pick_chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+
+
+def _chosen_variant(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+                    residual: bool, dtype: torch.dtype) -> str:
+    """"chunk" where it applies (whole image in one tile: its scratch does not grow with the image's
+    expanded size, which for 7x7 blocks would not fit L2 as a ring of rows), else "ring". Deterministic."""
+    return "chunk" if _pick_chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype) else "ring"
+
+
+def _scratch_bytes(variant: str, cfg: _Config, w: int, itemsize: int, has_expand: bool) -> int:
+    """Scratch of one program: its ring (float32) and its depthwise tile (x's dtype)."""
+    ring = cfg.ring * (w + 2) * (cfg.chs if variant == "ring" else cfg.chunk) * 4 if has_expand else 0
+    return ring + cfg.block_pb * cfg.chs * itemsize
+
+
+def _programs(items: int, scratch_bytes: int, sms: int, per_sm: int) -> int:
     """Persistent grid size: <= per_sm programs per SM, scratch of the grid within _L2_SCRATCH_BYTES (but at
     least one program per SM), no program without items."""
-    ring_bytes = cfg.ring * (w + 2) * cfg.chs * 4 if has_expand else 0
-    cap = sms * per_sm
-    if ring_bytes:
-        cap = min(cap, max(sms, _L2_SCRATCH_BYTES // ring_bytes))
+    cap = min(sms * per_sm, max(sms, _L2_SCRATCH_BYTES // max(1, scratch_bytes)))
     per = _cdiv(items, max(1, min(items, cap)))
     return _cdiv(items, per)
 
 
-def _launch_params(n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
-                   residual: bool, dtype: torch.dtype, sms: int, per_sm: int = _PROGRAMS_PER_SM,
+def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
+                   has_expand: bool, residual: bool, dtype: torch.dtype, sms: int, per_sm: int = _PROGRAMS_PER_SM,
                    fp32_precision: str = "ieee"):
-    """(config, programs, runtime int args, constexprs) exactly as the launch uses them."""
-    cfg = _pick_config(cin, chid, cout, h, w, stride, has_expand, dtype)
+    """(config, programs, runtime int args, constexprs, kernel) of a variant exactly as the launch uses them."""
+    cfg = _variant_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     bands = _cdiv(ho, cfg.rows)
     items = n * bands
-    programs = _programs(items, cfg, w, dtype.itemsize, sms, per_sm, has_expand)
+    programs = _programs(items, _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand), sms, per_sm)
     ints = dict(H=h, W=w, HO=ho, WO=wo, BANDS=bands, ITEMS=items, ITEMS_PER_PROG=_cdiv(items, programs))
     consts = dict(CIN=cin, CHID=chid, COUT=cout, CHS=cfg.chs, STRIDE=stride, R=cfg.rows, RING=cfg.ring,
                   BLOCK_PA=cfg.block_pa, BLOCK_PB=cfg.block_pb, CHUNK=cfg.chunk,
@@ -113,28 +150,38 @@ def _launch_params(n: int, cin: int, chid: int, cout: int, h: int, w: int, strid
                   K_STEPS=cfg.k_steps, BLOCK_CO=cfg.block_co, CO_TILES=cfg.co_tiles, CO_REST=cfg.co_rest,
                   HAS_EXPAND=has_expand, RESIDUAL=residual,
                   DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee")
-    return cfg, programs, ints, consts
+    kernel = inverted_residual_ring_kernel
+    if variant == "chunk":
+        del ints["BANDS"], consts["R"], consts["BORDER"]
+        kernel = inverted_residual_chunk_kernel
+    return cfg, programs, ints, consts, kernel
 
 
-def _loop_trips(cfg: _Config, n: int, h: int, w: int, stride: int, has_expand: bool, programs: int) -> dict:
-    """Trips per program of the kernel's loop bodies by nesting depth (1 = the item loop; 2 = the tile loops
-    of phases A and B; 3 = their channel-chunk loops), for the static report. Phase A and B tile loops share
-    depth 2: the larger of their average trip counts is given (they are equal in the steady state)."""
+def _loop_trips(variant: str, cfg: _Config, n: int, h: int, w: int, stride: int, has_expand: bool,
+                programs: int) -> dict:
+    """Trips per program of the kernel's loop bodies by nesting depth, for the static report.
+
+    ring:  1 = items (bands); 2 = the tile loops of phases A and B (the larger of their average trip counts:
+           equal in the steady state); 3 = the channel-chunk loops inside them and the project's K loops.
+    chunk: 1 = items (images); 2 = the channel-chunk loop and the project's K loops; 3 = expand tiles."""
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    chunks = cfg.chs // cfg.chunk
+    if variant == "chunk":
+        per = _cdiv(n, programs)
+        return {1: per, 2: per * chunks, 3: per * chunks * (_cdiv(h * w, cfg.block_pa) if has_expand else 1)}
     bands = _cdiv(ho, cfg.rows)
     tiles_a = tiles_b = 0
-    hi = 0
+    hi = -1
     for b in range(bands):                       # one image, as one program sees it
         oy0 = b * cfg.rows
         ny = min(ho - oy0, cfg.rows)
         r1 = (oy0 + ny - 1) * stride + 2
-        e0 = max(oy0 * stride - 1, 0, hi)
-        tiles_a += _cdiv(max(0, min(r1, h) - e0) * w, cfg.block_pa)
+        e0 = max(oy0 * stride - 1, hi)
+        tiles_a += _cdiv(max(0, r1 - e0) * w, cfg.block_pa)
         tiles_b += _cdiv(ny * wo, cfg.block_pb)
         hi = r1
     items_per_prog = _cdiv(n * bands, programs)
     tiles = max(tiles_a if has_expand else 0, tiles_b) / bands
-    chunks = cfg.chs // cfg.chunk
     return {1: items_per_prog, 2: round(items_per_prog * tiles), 3: round(items_per_prog * tiles * chunks)}
 
 
@@ -142,21 +189,28 @@ def static_plans(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride:
                  residual: bool, dtype: torch.dtype) -> list:
     """The kernel variants this launcher can launch for a shape, GPU-free, for the static sm_90a report.
 
-    One dict per variant (only "triton-ring" today), with the exact kernel, specialisation arguments,
-    constexprs, warps, stages and persistent grid size that ``inverted_residual_triton`` uses on a 132-SM
-    GPU (an H100/H200); keys as the static-report interface defines them (name, chosen, backend, programs,
-    num_warps, trips, kernel, args, constexprs, num_stages).
+    One dict per variant that applies to the shape ("triton-ring" always, "triton-chunk" when the output
+    image fits one tile), with the exact kernel, specialisation arguments, constexprs, warps, stages and
+    persistent grid size that ``inverted_residual_triton`` uses on a 132-SM GPU (an H100/H200); keys as the
+    static-report interface defines them (name, chosen, backend, programs, num_warps, trips, kernel, args,
+    constexprs, num_stages), plus ``config`` (the launcher's config as a dict).
     """
-    cfg, programs, ints, consts = _launch_params(N, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype,
-                                                 _H200_SMS)
+    chosen = _chosen_variant(Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype)
     ptr = "ptr:" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
-    args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wdw_ptr", "bdw_ptr", "wp_ptr", "bp_ptr",
-                                   "y_ptr", "dbuf_ptr")}
-    args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr="ptr:fp32")
-    args.update(ints)
-    return [dict(name="triton-ring", chosen=True, backend="triton", programs=programs, num_warps=cfg.num_warps,
-                 num_stages=cfg.num_stages, trips=_loop_trips(cfg, N, H, W, stride, has_expand, programs),
-                 kernel=inverted_residual_ring_kernel, args=args, constexprs=consts)]
+    plans = []
+    for variant in ("ring", "chunk"):
+        if _variant_config(variant, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype) is None:
+            continue
+        cfg, programs, ints, consts, kernel = _launch_params(variant, N, Cin, Chid, Cout, H, W, stride,
+                                                             has_expand, residual, dtype, _H200_SMS)
+        args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wp_ptr", "bp_ptr", "y_ptr", "dbuf_ptr")}
+        args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr="ptr:fp32")
+        args.update(ints)
+        plans.append(dict(name="triton-" + variant, chosen=variant == chosen, backend="triton", programs=programs,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                          trips=_loop_trips(variant, cfg, N, H, W, stride, has_expand, programs),
+                          kernel=kernel, args=args, constexprs=consts, config=cfg._asdict()))
+    return plans
 
 
 def _interpreter_active() -> bool:
@@ -186,8 +240,10 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
             All weights in x's dtype and on x's device.
         stride: 1 or 2 (depthwise stride; padding is always 1).
         residual: add x to the output; needs stride 1 and Cin == Cout.
-        variant: "auto" or "ring" (the same kernel today: persistent programs with an L2-resident ring of
-            expanded rows; see mnv2_kernels/triton/kernel.py).
+        variant: "auto" (the launcher's choice), "ring" (persistent programs with an L2-resident ring of
+            expanded rows, any shape) or "chunk" (one image per item, one chunk of expanded channels of the
+            whole image at a time; output images of at most 64 pixels). See mnv2_kernels/triton/kernel.py.
+            Same result; a speed choice.
         fp32_precision: tl.dot input precision for float32 inputs: "ieee" (exact fp32) or "tf32" (faster,
             ~1e-3 relative error).
 
@@ -211,6 +267,10 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
     if variant not in _VARIANTS:
         raise ValueError(_PREFIX + f"variant must be one of {_VARIANTS}, got {variant!r} (the gather and "
                          "recompute kernels were replaced by the ring kernel)")
+    if variant == "chunk" and _pick_chunk_config(d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride, d.has_expand,
+                                                 d.residual, x.dtype) is None:
+        raise ValueError(_PREFIX + f"variant 'chunk' needs an output image of at most 64 pixels, got {d.Ho}x{d.Wo}; "
+                         "use variant='auto' or 'ring'")
     if fp32_precision not in _FP32_PRECISIONS:
         raise ValueError(_PREFIX + f"fp32_precision must be one of {_FP32_PRECISIONS}, got {fp32_precision!r}")
     if x.device.type == "cpu":
@@ -230,18 +290,23 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
     if d.N > 0:
         sms, per_sm = ((torch.cuda.get_device_properties(x.device).multi_processor_count, _PROGRAMS_PER_SM)
                        if x.is_cuda else (_INTERPRETER_PROGRAMS, 1))
-        cfg, programs, ints, consts = _launch_params(d.N, d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride,
-                                                     d.has_expand, d.residual, x.dtype, sms, per_sm, fp32_precision)
+        if variant == "auto":
+            variant = _chosen_variant(d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride, d.has_expand, d.residual,
+                                      x.dtype)
+        cfg, programs, ints, consts, kernel = _launch_params(variant, d.N, d.Cin, d.Chid, d.Cout, d.H, d.W,
+                                                             d.stride, d.has_expand, d.residual, x.dtype, sms,
+                                                             per_sm, fp32_precision)
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
         w_dw_t = torch.zeros((9, cfg.chs), dtype=torch.float32, device=x.device)     # [9, CHS], zero-padded
         w_dw_t[:, :d.Chid] = w_dw.reshape(d.Chid, 9).t()
         b_dw_p = torch.zeros((cfg.chs,), dtype=torch.float32, device=x.device)
         b_dw_p[:d.Chid] = b_dw
-        ring = (torch.empty((programs, cfg.ring, d.W + 2, cfg.chs), dtype=torch.float32, device=x.device)
+        ring_ch = cfg.chs if variant == "ring" else cfg.chunk
+        ring = (torch.empty((programs, cfg.ring, d.W + 2, ring_ch), dtype=torch.float32, device=x.device)
                 if d.has_expand else torch.empty((1,), dtype=torch.float32, device=x.device))
         dbuf = torch.empty((programs, cfg.block_pb, cfg.chs), dtype=x.dtype, device=x.device)
         with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-            inverted_residual_ring_kernel[(programs,)](
+            kernel[(programs,)](
                 x_nhwc,
                 w_expand.contiguous() if d.has_expand else x_nhwc,
                 b_expand.contiguous() if d.has_expand else x_nhwc,
