@@ -164,7 +164,14 @@ def markdown_table(shapes, cur, fitted, eager, batch, sd, loo_sd, rank_ok, rank_
                 logs[v].append(math.log(e / p["predicted_us"]))
             row.append((f"{p['predicted_us']:.0f}" + (f" ({e / p['predicted_us']:.2f}x)" if e else "")) if p else "-")
         lines.append("| " + " | ".join(row) + " |")
-    geo = [f"{v} {math.exp(sum(l) / len(l)):.2f}x" for v, l in logs.items() if l]
+    geo = [f"{v} {math.exp(sum(l) / len(l)):.2f}x ({len(l)} blocks)" for v, l in logs.items() if l]
+    chosen = {}
+    for p in cur:
+        e = eager.get((p["block"], dtype, batch))
+        if p["dtype"] == dtype and p.get("chosen") and "error" not in p and e:
+            chosen.setdefault(p["backend"], []).append(e / p["predicted_us"])
+    geo += [f"the {b} launcher's choice {math.exp(sum(map(math.log, v)) / len(v)):.2f}x (slowest block {min(v):.2f}x)"
+            for b, v in sorted(chosen.items())]
     lines.append("")
     lines.append(f"Fit: log-sd {sd:.3f} over {len(fitted)} H200 measurements (leave-one-out {loo_sd:.3f}); measured "
                  f"variant order reproduced on {rank_ok} of {rank_n} blocks. Predicted per-block geometric-mean "
