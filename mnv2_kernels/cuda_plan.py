@@ -46,6 +46,19 @@ def kernel_channels(cin: int, chid: int, cout: int, has_expand: bool):
     return cin8, (c8(chid) if has_expand else cin8), c8(cout)
 
 
+def pack_k32(w):
+    """The binding's weight packing (inverted_residual_binding.cpp, pack_k32): w [R, C] (torch or NumPy) ->
+    [R, C32], zero columns appended to a multiple of 32, each 32-column block permuted so that column
+    8q + 4s + 2h + e holds old column 16s + 8h + 2q + e."""
+    import numpy as np
+    w = np.asarray(w)
+    rows, cols = w.shape
+    c32 = round_up(cols, 32)
+    p = np.zeros((rows, c32), dtype=w.dtype)
+    p[:, :cols] = w
+    return p.reshape(rows, c32 // 32, 2, 2, 4, 2).transpose(0, 1, 4, 2, 3, 5).reshape(rows, c32)
+
+
 def layout(Cin8, Chid8, H, W, Wo, S, R, HC):
     """Shared-memory layout of one CTA (offsets in bytes), as make_layout in the .cu."""
     RR = min((R - 1) * S + 3, H)
@@ -134,8 +147,8 @@ def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
 
     Returns dict with, per program (CTA, the busiest one), the trip counts of each loop of the kernel:
       items, steps, chunks (total chunk iterations), load_vec (cp.async vectors per thread), expand_tiles /
-      expand_k (warp tiles per warp, 16-wide K steps each), copy_vec (no-expand copies per thread), dw_items
-      (depthwise items per thread), proj_tiles / proj_k (warp tiles per warp, 16-wide K steps each).
+      expand_k (warp tiles per warp, 32-wide K steps each), copy_vec (no-expand copies per thread), dw_items
+      (depthwise items per thread), proj_tiles / proj_k (warp tiles per warp, 32-wide K steps each).
     critical_path=False: average work per warp / thread (idle warps issue nothing: the issue-bound count);
     True: the busiest warp / thread of each phase (ceil), the barrier-to-barrier critical path.
     """
@@ -169,7 +182,7 @@ def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
             oy0 += R
     per_item = {k: v / p["bands"] for k, v in t.items()}
     out = {k: v * items_per_cta for k, v in per_item.items()}
-    out.update(items=items_per_cta, expand_k=CinP // 16, proj_k=L["KP"] // 16, layout=L)
+    out.update(items=items_per_cta, expand_k=CinP // 32, proj_k=round_up(Chid8, 32) // 32, layout=L)
     return out
 
 

@@ -129,30 +129,43 @@ def _mma_m16n8k16(a_regs, b_regs):
              C[(lane >> 2) + 8, 2 * (lane & 3)], C[(lane >> 2) + 8, 2 * (lane & 3) + 1]] for lane in range(32)]
 
 
-def test_fragment_permutations_compute_the_gemm():
+def _ldmatrix_x4_a(A, row0, k0):
+    """ldmatrix.x4 of the 16 x 16 tile A[row0:row0+16, k0:k0+16] with the kernel's lane addresses (lane l gives row
+    (l & 7) + 8 * ((l >> 3) & 1), column 8 * (l >> 4)): matrix m goes to register m; within a matrix, lane t gets
+    row t / 4, columns 2 (t % 4), +1."""
+    mats = []
+    for m in range(4):
+        rows = [row0 + (l & 7) + 8 * ((l >> 3) & 1) for l in range(8 * m, 8 * m + 8)]
+        col = k0 + 8 * (m >> 1)
+        mats.append(np.stack([A[r, col:col + 8] for r in rows]))  # 8 x 8
+    return [[mats[m][t >> 2, 2 * (t & 3):2 * (t & 3) + 2] for m in range(4)] for t in range(32)]
+
+
+def test_fragment_layout_with_packed_weights_computes_the_gemm():
+    """A by ldmatrix from the natural [pixel][channel] layout, B by one 16-byte load per n-tile and 32-wide K block
+    from the packed weights (pack_k32), the N permutation of the epilogue: each thread ends up with 8 consecutive
+    output channels of its pixels, equal to A @ W^T."""
     rng = np.random.default_rng(1)
-    M, K, N = 32, 64, 32  # one warp tile: 2 m-tiles x 4 n-tiles, two 32-wide K slices
+    M, K, N = 32, 64, 32  # one warp tile: 2 m-tiles x 4 n-tiles, two 32-wide K blocks
     A = rng.standard_normal((M, K))   # sX / sDW: [pixel][channel]
-    Bt = rng.standard_normal((N, K))  # w_expand / w_project: [out channel][in channel]
+    W = rng.standard_normal((N, K))   # w_expand / w_project: [out channel][in channel]
+    Wp = cp.pack_k32(W)
     acc = [[[[0.0] * 4 for _ in range(32)] for _ in range(4)] for _ in range(2)]  # [i][j][lane][4]
-    for ks in range(K // 32):
-        for i in range(2):
-            for j in range(4):
-                for step in range(2):
-                    a_regs, b_regs = [], []
+    for k in range(0, K, 32):
+        a = {(st, i): _ldmatrix_x4_a(A, 16 * i, k + 16 * st) for st in range(2) for i in range(2)}
+        for j in range(4):
+            b = []
+            for lane in range(32):
+                g, q = lane >> 2, lane & 3
+                row = ((g >> 1) << 3) + (g & 1) + 2 * j  # the kernel's brow0 + 2j
+                v = Wp[row, k + 8 * q:k + 8 * q + 8]        # one 16-byte vector: .x .y .z .w = 4 pairs
+                b.append([v[0:2], v[2:4], v[4:6], v[6:8]])
+            for i in range(2):
+                for st in range(2):
+                    c = _mma_m16n8k16(a[(st, i)], [[b[l][2 * st], b[l][2 * st + 1]] for l in range(32)])
                     for lane in range(32):
-                        g, q = lane >> 2, lane & 3
-                        k = ks * 32 + q * 8 + 4 * step          # .x/.y (step 0) or .z/.w (step 1) of the 16-B vector
-                        ra = A[i * 16 + g, k:k + 4]
-                        rb = A[i * 16 + g + 8, k:k + 4]
-                        a_regs.append([ra[0:2], rb[0:2], ra[2:4], rb[2:4]])
-                        row = ((g >> 1) << 3) + (g & 1) + 2 * j  # the kernel's brow0 + 2j
-                        rw = Bt[row, k:k + 4]
-                        b_regs.append([rw[0:2], rw[2:4]])
-                    c = _mma_m16n8k16(a_regs, b_regs)
-                    for lane in range(32):
-                        acc[i][j][lane] = [u + v for u, v in zip(acc[i][j][lane], c[lane])]
-    ref = A @ Bt.T
+                        acc[i][j][lane] = [u + w for u, w in zip(acc[i][j][lane], c[lane])]
+    ref = A @ W.T
     for i in range(2):
         for lane in range(32):
             g, q = lane >> 2, lane & 3
@@ -160,6 +173,14 @@ def test_fragment_permutations_compute_the_gemm():
                 pix = i * 16 + g + 8 * h
                 got = [acc[i][j][lane][2 * h + e] for j in range(4) for e in range(2)]  # the epilogue's order
                 np.testing.assert_allclose(got, ref[pix, q * 8:q * 8 + 8], rtol=1e-12, atol=1e-12)
+
+
+def test_binding_packing_matches_python():
+    if _ext.CUDA_EXT is None or not hasattr(_ext.CUDA_EXT, "_pack_k32"):
+        pytest.skip(f"the CUDA extension is not built here ({_ext.CUDA_EXT_ERROR})")
+    for rows, cols in [(8, 8), (24, 24), (144, 24), (96, 576), (5, 70)]:
+        w = torch.randn(rows, cols, dtype=torch.float64)
+        assert np.array_equal(_ext.CUDA_EXT._pack_k32(w).numpy(), cp.pack_k32(w.numpy()))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -294,8 +315,9 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
                 # ---- project -> y
                 npix_out = nrows * Wo
                 mt = (npix_out + 31) // 32
-                Am = sDW[:mt * 32, :KP]
-                Bm = np.zeros((cp.round_up(Cout8, 32), KP))
+                ChidP = cp.round_up(Chid8, 32)
+                Am = sDW[:mt * 32, :ChidP]  # the kernel reads K up to ChidP (columns ChidP .. KP are zero)
+                Bm = np.zeros((cp.round_up(Cout8, 32), ChidP))
                 rows_b = np.arange(Bm.shape[0])
                 Bm[:, :Chid8] = WP[np.where(rows_b < Cout8, rows_b, 0)]  # rows past Cout8 read row 0 (not stored)
                 acc = Am @ Bm.T

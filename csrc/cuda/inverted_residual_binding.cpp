@@ -21,6 +21,16 @@ at::Tensor aligned(const at::Tensor& t, at::MemoryFormat fmt = at::MemoryFormat:
   return t.clone(fmt);
 }
 
+// w [R, C] -> [R, C32] (C32 = C rounded up to 32, zero columns appended), each 32-column block permuted so that
+// column 8q + 4s + 2h + e holds old column 16s + 8h + 2q + e: thread q of an mma quad then finds its B fragments
+// of both k16 steps of the block (k = 2q, 2q+1, 2q+8, 2q+9, each + 16s) in one 16-byte vector. Mirrored by
+// mnv2_kernels/cuda_plan.pack_k32.
+at::Tensor pack_k32(const at::Tensor& w) {
+  const int64_t rows = w.size(0), cols = w.size(1), c32 = (cols + 31) / 32 * 32;
+  at::Tensor p = cols == c32 ? w.contiguous() : at::constant_pad_nd(w.contiguous(), {0, c32 - cols});
+  return p.view({rows, c32 / 32, 2, 2, 4, 2}).permute({0, 1, 4, 2, 3, 5}).contiguous().view({rows, c32});
+}
+
 at::Tensor inverted_residual_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& w_expand,
                                   const c10::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
                                   const at::Tensor& b_dw, const at::Tensor& w_project, const at::Tensor& b_project,
@@ -59,12 +69,13 @@ at::Tensor inverted_residual_cuda(const at::Tensor& x, const c10::optional<at::T
   xc = aligned(xc, at::MemoryFormat::ChannelsLast);
   at::Tensor we, be;
   if (d.has_expand) {
-    we = aligned(at::constant_pad_nd(w_expand->contiguous(), {0, cin8 - d.Cin, 0, chid8 - d.Chid}));
+    we = aligned(pack_k32(at::constant_pad_nd(w_expand->contiguous(), {0, cin8 - d.Cin, 0, chid8 - d.Chid})));
     be = aligned(at::constant_pad_nd(b_expand->contiguous(), {0, chid8 - d.Chid}));
   }
   const at::Tensor wdw = aligned(at::constant_pad_nd(w_dw.reshape({d.Chid, 9}), {0, 0, 0, chid8 - d.Chid}));
   const at::Tensor bdw = aligned(at::constant_pad_nd(b_dw.contiguous(), {0, chid8 - d.Chid}));
-  const at::Tensor wp = aligned(at::constant_pad_nd(w_project.contiguous(), {0, chid8 - d.Chid, 0, cout8 - d.Cout}));
+  const at::Tensor wp =
+      aligned(pack_k32(at::constant_pad_nd(w_project.contiguous(), {0, chid8 - d.Chid, 0, cout8 - d.Cout})));
   const at::Tensor bp = aligned(at::constant_pad_nd(b_project.contiguous(), {0, cout8 - d.Cout}));
   at::Tensor y = at::empty({d.N, cout8, d.Ho, d.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 
@@ -110,4 +121,5 @@ TORCH_LIBRARY_IMPL(mnv2, CUDA, m) { m.impl("inverted_residual", &inverted_residu
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mnv2_kernels CUDA kernel (registers mnv2::inverted_residual for CUDA)";
   m.def("_plan", &plan_py, "the CUDA kernel's launch plan (see mnv2_kernels/cuda_plan.py)");
+  m.def("_pack_k32", &pack_k32, "the kernel's weight packing (see mnv2_kernels/cuda_plan.pack_k32)");
 }

@@ -290,7 +290,7 @@ struct Params {
   int residual, has_expand;
   int R, HC, nchunks, RR, steps, bands;
   int64_t items;
-  int LX, LH, LD2, KP, CinP;  // CinP = Cin8 rounded up to 32
+  int LX, LH, LD2, KP, CinP, ChidP;  // CinP / ChidP = Cin8 / Chid8 rounded up to 32 (packed weight row lengths)
   int off_ring, off_dw, off_wdw, off_bdw;
   FastDiv div_xvec;   // sX vector index -> pixel (CinP / 8 vectors per pixel)
   int xv_pstep, xv_cstep;  // kThreads = xv_pstep * (CinP / 8) + xv_cstep / 8
@@ -386,27 +386,30 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
       }
     }
     // B rows of this thread: hidden channel nb + 8*(g/2) + 2j + g%2. Rows past Chid8 read row 0 instead: their
-    // outputs are padded channels, which the epilogue forces to 0. Columns (K) past Cin8 read 0.
+    // outputs are padded channels, which the epilogue forces to 0. w_expand is packed (see the binding): one
+    // 16-byte load gives this thread's B fragments of two k16 steps.
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
     const T* bptr[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) bptr[j] = we + int64_t(brow0 + 2 * j < p.Chid8 ? brow0 + 2 * j : 0) * p.Cin8 + 2 * q;
+    for (int j = 0; j < 4; ++j) bptr[j] = we + int64_t(brow0 + 2 * j < p.Chid8 ? brow0 + 2 * j : 0) * p.CinP + 8 * q;
     const T* ap = sX + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LX + ((lane >> 4) << 3);
     const int a16 = 16 * p.LX;
 #pragma unroll 1
-    for (int k = 0; k < p.CinP; k += 16) {
-      const bool k0ok = k + 2 * q < p.Cin8, k1ok = k + 2 * q + 8 < p.Cin8;
-      uint32_t a0[4], a1[4];
-      ldmatrix_x4(a0, ap);
-      ldmatrix_x4(a1, ap + a16);
-      ap += 16;
+    for (int k = 0; k < p.CinP; k += 32) {
+      uint32_t a[2][2][4];  // [k16 step][m tile]
+      ldmatrix_x4(a[0][0], ap);
+      ldmatrix_x4(a[0][1], ap + a16);
+      ldmatrix_x4(a[1][0], ap + 16);
+      ldmatrix_x4(a[1][1], ap + 16 + a16);
+      ap += 32;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint32_t b0 = k0ok ? ldg4(bptr[j]) : 0u;
-        const uint32_t b1 = k1ok ? ldg4(bptr[j] + 8) : 0u;
-        bptr[j] += 16;
-        Tr<T>::mma(acc[0][j], a0[0], a0[1], a0[2], a0[3], b0, b1);
-        Tr<T>::mma(acc[1][j], a1[0], a1[1], a1[2], a1[3], b0, b1);
+        const uint4 b = ldg16(bptr[j] + k);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          Tr<T>::mma(acc[i][j], a[0][i][0], a[0][i][1], a[0][i][2], a[0][i][3], b.x, b.y);
+          Tr<T>::mma(acc[i][j], a[1][i][0], a[1][i][1], a[1][i][2], a[1][i][3], b.z, b.w);
+        }
       }
     }
     // epilogue: ReLU6, round, hidden channels >= chid_real forced to exactly 0 (a mask, so NaN cannot leak)
@@ -454,11 +457,16 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
     const int ox0 = j * kPX;
     const int ix0 = ox0 * S - 1;
     const int c = cg << 3;
-    float acc[kPX][8];
+    float acc[kPX][8];  // start at the bias
+    {
+      const float4 b0 = *reinterpret_cast<const float4*>(sBdw + c);
+      const float4 b1 = *reinterpret_cast<const float4*>(sBdw + c + 4);
 #pragma unroll
-    for (int px = 0; px < kPX; ++px)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[px][e] = 0.f;
+      for (int px = 0; px < kPX; ++px) {
+        acc[px][0] = b0.x; acc[px][1] = b0.y; acc[px][2] = b0.z; acc[px][3] = b0.w;
+        acc[px][4] = b1.x; acc[px][5] = b1.y; acc[px][6] = b1.z; acc[px][7] = b1.w;
+      }
+    }
 #pragma unroll
     for (int ky = 0; ky < 3; ++ky) {
       const int iy = oy * S - 1 + ky;
@@ -500,13 +508,6 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
         }
       }
     }
-    float bias[8];
-    {
-      const float4 b0 = *reinterpret_cast<const float4*>(sBdw + c);
-      const float4 b1 = *reinterpret_cast<const float4*>(sBdw + c + 4);
-      bias[0] = b0.x; bias[1] = b0.y; bias[2] = b0.z; bias[3] = b0.w;
-      bias[4] = b1.x; bias[5] = b1.y; bias[6] = b1.z; bias[7] = b1.w;
-    }
 #pragma unroll
     for (int px = 0; px < kPX; ++px) {
       const int ox = ox0 + px;
@@ -514,7 +515,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
         uint32_t o[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          o[e] = Tr<T>::relu6_f2(acc[px][2 * e] + bias[2 * e], acc[px][2 * e + 1] + bias[2 * e + 1]);
+          o[e] = Tr<T>::relu6_f2(acc[px][2 * e], acc[px][2 * e + 1]);
         sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[0], o[1], o[2], o[3]));
       }
     }
@@ -544,27 +545,29 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-    // rows past Cout8 read row 0: those outputs are not stored; K past Chid8 reads 0
+    // rows past Cout8 read row 0: those outputs are not stored. w_project is packed like w_expand.
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
     const T* bptr[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) bptr[j] = wp + int64_t(brow0 + 2 * j < p.Cout8 ? brow0 + 2 * j : 0) * p.Chid8 + 2 * q;
+    for (int j = 0; j < 4; ++j) bptr[j] = wp + int64_t(brow0 + 2 * j < p.Cout8 ? brow0 + 2 * j : 0) * p.ChidP + 8 * q;
     const T* ap = sDW + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LD2 + ((lane >> 4) << 3);
     const int a16 = 16 * p.LD2;
 #pragma unroll 1
-    for (int k = 0; k < p.KP; k += 16) {
-      const bool k0ok = k + 2 * q < p.Chid8, k1ok = k + 2 * q + 8 < p.Chid8;
-      uint32_t a0[4], a1[4];
-      ldmatrix_x4(a0, ap);
-      ldmatrix_x4(a1, ap + a16);
-      ap += 16;
+    for (int k = 0; k < p.ChidP; k += 32) {  // sDW columns ChidP .. KP are zero: not read
+      uint32_t a[2][2][4];  // [k16 step][m tile]
+      ldmatrix_x4(a[0][0], ap);
+      ldmatrix_x4(a[0][1], ap + a16);
+      ldmatrix_x4(a[1][0], ap + 16);
+      ldmatrix_x4(a[1][1], ap + 16 + a16);
+      ap += 32;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint32_t b0 = k0ok ? ldg4(bptr[j]) : 0u;
-        const uint32_t b1 = k1ok ? ldg4(bptr[j] + 8) : 0u;
-        bptr[j] += 16;
-        Tr<T>::mma(acc[0][j], a0[0], a0[1], a0[2], a0[3], b0, b1);
-        Tr<T>::mma(acc[1][j], a1[0], a1[1], a1[2], a1[3], b0, b1);
+        const uint4 b = ldg16(bptr[j] + k);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          Tr<T>::mma(acc[i][j], a[0][i][0], a[0][i][1], a[0][i][2], a[0][i][3], b.x, b.y);
+          Tr<T>::mma(acc[i][j], a[1][i][0], a[1][i][1], a[1][i][2], a[1][i][3], b.z, b.w);
+        }
       }
     }
     const int co = nb + (q << 3);
@@ -783,6 +786,7 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   p.LD2 = int(L.LD2);
   p.KP = int(L.KP);
   p.CinP = int(round_up(Cin8, 32));
+  p.ChidP = int(round_up(Chid8, 32));
   p.off_ring = int(L.off_ring);
   p.off_dw = int(L.off_dw);
   p.off_wdw = int(L.off_wdw);

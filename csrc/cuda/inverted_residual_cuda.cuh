@@ -2,8 +2,10 @@
 //
 // Layouts: x NHWC [N, H, W, Cin8] and y NHWC [N, Ho, Wo, Cout8], where Cin8 / Cout8 are the channel counts
 // rounded up to a multiple of 8 (the binding pads odd channel counts with zeros and slices the output);
-// w_expand [Chid8, Cin8] (or NULL: no expand conv, then b_expand is NULL and Chid8 == Cin8); b_expand [Chid8];
-// w_dw [Chid8, 9]; b_dw [Chid8]; w_project [Cout8, Chid8]; b_project [Cout8]; all row-major contiguous, all in
+// w_expand [Chid8, CinP] (or NULL: no expand conv, then b_expand is NULL and Chid8 == Cin8); b_expand [Chid8];
+// w_dw [Chid8, 9]; b_dw [Chid8]; w_project [Cout8, ChidP] (CinP / ChidP: Cin8 / Chid8 rounded up to 32, zero
+// columns appended, each 32-column block permuted as the binding's pack_k32 describes); b_project [Cout8];
+// all row-major contiguous, all in
 // `dtype`, all 16-byte aligned, on the current device. `chid_real` is the block's real hidden channel count
 // (<= Chid8): hidden channels at or above it are forced to 0 (select, so a NaN input cannot leak through a
 // padded channel). float16 and bfloat16 (tensor cores, float32 accumulation).
