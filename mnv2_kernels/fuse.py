@@ -117,6 +117,8 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     report is also logged on the "mnv2_kernels" logger (INFO). Skipped blocks (how many, why) and a model
     still in training mode are also a ``FusedPathWarning``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"mnv2_kernels.fuse: expected a torch.nn.Module (your model), got {type(model).__name__}")
     if backend not in ops.BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
     ops.resolve_backend(backend, _first_param_device(model))  # fail early if it cannot serve the model
@@ -163,6 +165,11 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     for path, plan in folds:
         if path:
             _set_submodule(model, path, FoldedConvBNAct(modules[path], plan))
+    # issue 14: on the CPU, the stem/head convolutions and nn.Linear layers run on the fused kernel's threads
+    # (no OpenMP region per layer; mnv2_kernels/stem_head.py). Same parameters, keys and results.
+    if backend in ("auto", "cpu") and _first_param_device(model).type == "cpu":
+        from .stem_head import use_cpu_kernels
+        use_cpu_kernels(model)
     for r in report:
         log.info("mnv2_kernels.fuse: %s", r)
     _warn_about(model, report)

@@ -285,7 +285,8 @@ class _FoldedModule(nn.Module):
             key = tuple([(t.data_ptr(), t._version) for t in tensors])
         except RuntimeError:  # inference tensors (built or converted inside torch.inference_mode())
             key = tuple([(t.data_ptr(), _version(t)) for t in tensors])
-        slot = (device if device is not None else (tensors[0].device if tensors else None), dtype)
+        slot = (device if device is not None else (tensors[0].device if tensors else None), dtype,
+                self.__dict__.get("backend"))  # (a changed .backend gets its own slot)
         entry = self.__dict__["_cache"].get(slot)
         if entry is not None and entry.key == key and entry.targets is st.targets:
             return entry
@@ -297,7 +298,9 @@ class _FoldedModule(nn.Module):
                 torch._C._set_tracing_state(None)  # torch.jit.trace: the folded weights become constants
                 try:
                     run = self._op(slot[0], dtype)
-                    with torch.no_grad():
+                    # inference_mode(False) (issue 14): folded weights get version counters even when the first
+                    # call runs under torch.inference_mode(), so the CPU kernel can cache their packed form.
+                    with torch.no_grad(), torch.inference_mode(False):
                         entry = _CacheEntry(key, self._fold(st.targets, dtype), tuple(tensors), st.targets, run)
                 finally:
                     torch._C._set_tracing_state(tracing)
@@ -373,8 +376,12 @@ class FusedInvertedResidual(_FoldedModule):
     def from_module(cls, block: nn.Module, backend: str = "auto") -> "FusedInvertedResidual":
         """Builds the fused block from a torchvision, timm or hand-written block.
 
-        Raises ValueError naming why the block cannot be fused exactly (see mnv2_kernels.recognize).
+        Raises ValueError naming why the block cannot be fused exactly (see mnv2_kernels.recognize), TypeError
+        when ``block`` is not an nn.Module.
         """
+        if not isinstance(block, nn.Module):
+            raise TypeError(f"FusedInvertedResidual.from_module: expected a torch.nn.Module (one block), got "
+                            f"{type(block).__name__}")
         try:
             plan = recognize_block(block)
         except NotFusable as exc:

@@ -226,6 +226,15 @@ def test_attribute_changes_refold_or_rerecognise(attr):
     _same(fused, original, x, what=attr)
 
 
+def test_backend_changed_after_fusing():
+    original, fused = _twins()
+    x = _x()
+    _same(fused, original, x)
+    fused.backend = "reference"
+    _same(fused, original, x)
+    assert {slot[2] for slot in fused._cache} == {"auto", "reference"}
+
+
 def test_use_res_connect_written_through_the_fused_module():
     original, fused = _twins()
     x = _x()
@@ -349,7 +358,7 @@ def test_threads_with_different_dtypes():
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    assert {dt for _, dt in fused._cache} == set(dtypes)
+    assert {slot[1] for slot in fused._cache} == set(dtypes)
 
 
 def test_weight_changes_seen_by_other_threads():
@@ -656,6 +665,10 @@ def test_module_level_misuse_has_clear_errors():
         fused(_x()[0])
     with torch.no_grad(), pytest.raises((TypeError, ValueError, RuntimeError), match="float"):
         fused(_x().to(torch.int32))
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        mk.fuse(block.state_dict())
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        mk.FusedInvertedResidual.from_module("features.3")
     with pytest.raises(ValueError, match="cannot fuse Sequential"):
         mk.FusedInvertedResidual.from_module(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU6()))
 
