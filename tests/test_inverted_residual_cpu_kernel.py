@@ -238,3 +238,200 @@ def test_error_bad_stride_and_residual():
         op(torch.randn(1, 24, 8, 8), *ws, 3, False)
     with pytest.raises(ValueError, match="residual needs stride 1"):
         op(torch.randn(1, 24, 8, 8), *ws, 2, True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# issue 14: run-time ISA choice, packed-weight cache, the kernel's own thread pool, stem/head ops
+# ------------------------------------------------------------------------------------------------------------
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _available_isas():
+    flags = _cpu_flags()
+    if flags is None:
+        return [_ext.CPU_EXT.cpu_isa()]
+    isas = []
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        isas.append("avx512")
+    return isas
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    _ext.CPU_EXT.set_cpu_isa("auto")
+
+
+def test_isa_is_the_widest_the_cpu_has():
+    """cpu_isa() names the variant that runs; unless MNV2_CPU_ISA overrides it, the widest the CPU supports."""
+    import os
+    isa = _ext.CPU_EXT.cpu_isa()
+    assert torch.ops.mnv2.cpu_isa() == isa
+    if os.environ.get("MNV2_CPU_ISA", "auto") == "auto" and _cpu_flags() is not None:
+        assert isa == _available_isas()[-1]
+
+
+@pytest.mark.parametrize("block", [(24, 6, 24, 1, True), (16, 6, 24, 2, False), (32, None, 16, 1, False),
+                                   (20, 6, 36, 2, False), (160, 6, 320, 1, False)],
+                         ids=lambda b: "cin{}_t{}_cout{}_s{}".format(*b[:4]))
+def test_every_isa_matches_the_reference(block, restore_isa):
+    """Each compiled variant (AVX2, AVX-512 where the CPU has it) computes the contract; channel counts that
+    are not multiples of 16 exercise the AVX-512 masked tails."""
+    cin, t, cout, stride, residual = block
+    ws = make_weights(cin, t, cout, seed=11)
+    x = make_input(3, cin, 13, 10, "cl", torch.float32)
+    ref = reference64(x, *ws, stride, residual)
+    for isa in _available_isas():
+        _ext.CPU_EXT.set_cpu_isa(isa)
+        assert _ext.CPU_EXT.cpu_isa() == isa
+        check_close(op(x, *ws, stride, residual), ref, torch.float32)
+        xb = x.bfloat16()
+        wb = [None if w is None else w.bfloat16() for w in ws]
+        check_close(op(xb, *wb, stride, residual), reference64(xb, *wb, stride, residual), torch.bfloat16)
+
+
+def test_set_cpu_isa_rejects_unknown_names():
+    with pytest.raises(ValueError, match="expected 'auto', 'avx2' or 'avx512', got 'sse'"):
+        _ext.CPU_EXT.set_cpu_isa("sse")
+
+
+def test_packed_weights_follow_in_place_changes():
+    """The packed-weight cache must never serve stale weights: in-place writes PyTorch records (normal
+    tensors), inference tensors (never cached) and, after clear_pack_cache(), writes through .data."""
+    ws = make_weights(24, 6, 24, seed=4)
+    x = make_input(2, 24, 9, 9, "cl", torch.float32)
+    y0 = op(x, *ws, 1, True)
+    ws[4].mul_(2.0)  # version counter bump
+    y1 = op(x, *ws, 1, True)
+    check_close(y1, reference64(x, *ws, 1, True), torch.float32)
+    assert not torch.allclose(y0, y1)
+    ws[0].data.mul_(0.5)  # not recorded: visible after clear_pack_cache()
+    _ext.CPU_EXT.clear_pack_cache()
+    check_close(op(x, *ws, 1, True), reference64(x, *ws, 1, True), torch.float32)
+    with torch.inference_mode():
+        wi = [w.clone() for w in ws]
+        op(x, *wi, 1, True)
+        wi[2].mul_(-1.0)  # an inference tensor changed in place: no version counter, so never cached
+        check_close(op(x, *wi, 1, True), reference64(x, *wi, 1, True), torch.float32)
+
+
+def test_concurrent_callers_get_their_own_results():
+    """Two Python threads calling at once: one uses the pool, the other runs inline; both correct."""
+    import threading
+    cases = [(make_weights(24, 6, 24, seed=s), make_input(2, 24, 20, 17, "cl", torch.float32, seed=s))
+             for s in range(2)]
+    refs = [op(x, *ws, 1, True) for ws, x in cases]
+    errors = []
+
+    def worker(i):
+        ws, x = cases[i]
+        for _ in range(20):
+            if not torch.equal(op(x, *ws, 1, True), refs[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("cfg", [(1, 3, 32, 224, 224, 2), (2, 3, 32, 9, 7, 2), (1, 5, 17, 6, 5, 1),
+                                 (1, 3, 32, 1, 1, 2), (1, 64, 64, 5, 6, 2)],
+                         ids=lambda c: "n{}_cin{}_cout{}_{}x{}_s{}".format(*c))
+def test_stem_conv3x3_matches_aten(cfg, restore_isa):
+    n, cin, cout, h, w, s = cfg
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, cin, h, w, generator=g)
+    wt = torch.randn(cout, cin, 3, 3, generator=g)
+    b = torch.randn(cout, generator=g)
+    for isa in _available_isas():
+        _ext.CPU_EXT.set_cpu_isa(isa)
+        for relu6 in (True, False):
+            ref = F.conv2d(x.double(), wt.double(), b.double(), s, 1)
+            ref = ref.clamp(0, 6) if relu6 else ref
+            y = torch.ops.mnv2.conv3x3_bias_act(x, wt, b, s, relu6)
+            assert y.is_contiguous()
+            check_close(y, ref, torch.float32)
+            ycl = torch.ops.mnv2.conv3x3_bias_act(x.contiguous(memory_format=torch.channels_last), wt, b, s, relu6)
+            assert expected_channels_last(ycl) or ycl.shape[2] * ycl.shape[3] == 1
+            assert torch.equal(y, ycl)
+
+
+def test_stem_conv3x3_nan_and_inf_as_aten():
+    """NaN/Inf in the input propagate; a non-finite weight gives NaN where ATen's convolution gives it (ATen
+    multiplies the padding by the weights there, so the op lets ATen compute that case)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 8, 8, generator=g)
+    x[0, 1, 3, 4] = float("nan")
+    x[0, 2, 0, 0] = float("inf")
+    wt = torch.randn(32, 3, 3, 3, generator=g)
+    b = torch.randn(32, generator=g)
+    ref = F.conv2d(x, wt, b, 2, 1).clamp(0, 6)
+    y = torch.ops.mnv2.conv3x3_bias_act(x, wt, b, 2, True)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    wt[2, 0, 0, 0] = float("inf")
+    ref = F.conv2d(x, wt, b, 2, 1).clamp(0, 6)
+    y = torch.ops.mnv2.conv3x3_bias_act(x, wt, b, 2, True)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+
+
+@pytest.mark.parametrize("mkn", [(1, 1280, 1000), (32, 1280, 1000), (49, 320, 1280), (5, 7, 3), (100, 33, 70)],
+                         ids=lambda c: "m{}_k{}_n{}".format(*c))
+def test_dense_matches_linear_and_1x1_conv(mkn, restore_isa):
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) / k ** 0.5
+    b = torch.randn(n, generator=g)
+    x4 = torch.randn(2, k, 3, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    for isa in _available_isas():
+        _ext.CPU_EXT.set_cpu_isa(isa)
+        check_close(torch.ops.mnv2.dense_bias_act(x, w, b, False), F.linear(x.double(), w.double(), b.double()),
+                    torch.float32)
+        y4 = torch.ops.mnv2.dense_bias_act(x4, w, b, True)
+        assert expected_channels_last(y4)
+        check_close(y4, F.conv2d(x4.double(), w.double()[:, :, None, None], b.double()).clamp(0, 6), torch.float32)
+
+
+def test_stem_head_op_errors():
+    with pytest.raises(TypeError, match="x must be torch.float32, got torch.float64"):
+        torch.ops.mnv2.dense_bias_act(torch.randn(2, 4).double(), torch.randn(3, 4), torch.randn(3), False)
+    with pytest.raises(ValueError, match=r"w must be \[Ncols, 4\]"):
+        torch.ops.mnv2.dense_bias_act(torch.randn(2, 4), torch.randn(3, 5), torch.randn(3), False)
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        torch.ops.mnv2.conv3x3_bias_act(torch.randn(1, 3, 8, 8), torch.randn(8, 3, 3, 3), torch.randn(8), 3, True)
+    with pytest.raises(ValueError, match="supports Cin <= 64"):
+        torch.ops.mnv2.conv3x3_bias_act(torch.randn(1, 3, 8, 8), torch.randn(200, 3, 3, 3), torch.randn(200), 1,
+                                        True)
+
+
+def test_fused_mobilenet_v2_runs_stem_head_and_classifier_on_the_kernel():
+    """fuse() on the CPU turns the stem/head convs and the classifier into the kernel-backed modules; the
+    state dict keeps its keys; the output matches the original model."""
+    from mnv2_kernels import fuse
+    from mnv2_kernels.models import mobilenet_v2
+    from mnv2_kernels.stem_head import CPUFoldedConvBNAct, CPULinear
+    from mnv2_kernels.testing import randomize_bn_
+    torch.manual_seed(0)
+    m0 = randomize_bn_(mobilenet_v2()).eval()
+    m = fuse(m0)
+    assert isinstance(m.features[0], CPUFoldedConvBNAct) and isinstance(m.features[18], CPUFoldedConvBNAct)
+    assert isinstance(m.classifier[1], CPULinear)
+    assert list(m.state_dict()) == list(m0.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = m0(x)
+        y = m(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)

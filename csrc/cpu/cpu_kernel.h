@@ -1,0 +1,81 @@
+// Interface between the torch binding (inverted_residual_cpu.cpp) and the per-ISA kernels (kernel_avx2.cpp,
+// kernel_avx512.cpp, both built from kernel_impl.h). No torch headers here: the ISA translation units are
+// compiled with `#pragma GCC target(...)` regions and must not instantiate torch's inline functions there.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mnv2 {
+namespace cpu {
+
+// Shapes of one block (logical NCHW sizes; the buffers are NHWC).
+struct Dims {
+  int64_t N, Cin, H, W;  // input
+  int64_t Chid;          // expanded (hidden) channels
+  int64_t Cout, Ho, Wo;  // output
+  int64_t stride;        // 1 or 2
+  bool has_expand;
+  bool residual;
+};
+
+enum class DType { F32, BF16 };  // BF16: uint16_t storage, fp32 arithmetic
+
+// The six weight tensors (contiguous, in the activation dtype): w_expand [Chid, Cin] / b_expand [Chid]
+// (nullptr without expand), w_dw [Chid, 3, 3], b_dw [Chid], w_project [Cout, Chid], b_project [Cout].
+struct WeightPtrs {
+  const void* w_expand;
+  const void* b_expand;
+  const void* w_dw;
+  const void* b_dw;
+  const void* w_project;
+  const void* b_project;
+};
+
+// One instruction-set variant of the kernel.
+struct KernelTable {
+  const char* isa;  // "avx2", "avx512"
+  int vec;          // floats per vector register
+  // Floats of the packed-weight buffer for these dims (packed layout is ISA specific).
+  int64_t (*packed_floats)(const Dims& d);
+  // Packs the weights (converted to fp32) into dst (64-byte aligned, packed_floats(d) floats).
+  void (*pack)(float* dst, const Dims& d, DType dt, const WeightPtrs& w);
+  // y = block(x) with packed weights; x: [N, H, W, Cin], out: [N, Ho, Wo, Cout] (NHWC, contiguous, dt).
+  // nthreads: how many threads may share the work. Returns false if scratch memory could not be allocated.
+  bool (*run)(const void* x, void* out, DType dt, const Dims& d, const float* packed, int nthreads);
+
+  // Stem / head helpers (fp32; NHWC rows). Dense 3x3 convolution, padding 1, stride s, + bias (+ ReLU6):
+  // x [N, H, W, Cin], w [Cout, Cin, 3, 3], b [Cout] -> out [N, Ho, Wo, Cout]; only where conv3x3_supported.
+  bool (*conv3x3_supported)(int64_t Cin, int64_t Cout);
+  int64_t (*conv3x3_packed_floats)(int64_t Cin, int64_t Cout);
+  void (*conv3x3_pack)(float* dst, const float* w, const float* b, int64_t Cin, int64_t Cout);
+  bool (*conv3x3_run)(const float* x, float* out, int64_t N, int64_t H, int64_t W, int64_t Cin, int64_t Cout,
+                      int64_t stride, bool relu6, const float* packed, int nthreads);
+  // Dense layer (1x1 convolution over NHWC pixels, or nn.Linear): x [M, K], w [Ncols, K], b [Ncols]
+  // -> out [M, Ncols] = x . w^T + b (+ ReLU6).
+  int64_t (*dense_packed_floats)(int64_t K, int64_t Ncols);
+  void (*dense_pack)(float* dst, const float* w, const float* b, int64_t K, int64_t Ncols);
+  bool (*dense_run)(const float* x, float* out, int64_t M, int64_t K, int64_t Ncols, bool relu6,
+                    const float* packed, int nthreads);
+};
+
+const KernelTable* avx2_kernel();    // nullptr when the compiler could not build it
+const KernelTable* avx512_kernel();  // nullptr when the compiler could not build it
+
+// ---------------------------------------------------------------------------------------------------------
+// Thread pool (thread_pool.cpp). parallel_units(n, nthreads, fn, ctx) calls fn(ctx, u) once for every
+// u in [0, n): the calling thread claims units itself, and up to nthreads-1 pool threads join while units
+// are left. The caller never waits for a helper that has not started (on a busy machine it simply does
+// the work alone), only for helpers that are running a unit. Nested calls and calls made while another
+// thread uses the pool run inline on the calling thread.
+// ---------------------------------------------------------------------------------------------------------
+using UnitFn = void (*)(void* ctx, int64_t unit);
+void parallel_units(int64_t n, int nthreads, UnitFn fn, void* ctx);
+
+template <typename F>
+inline void parallel_units(int64_t n, int nthreads, F& f) {
+  parallel_units(n, nthreads, [](void* c, int64_t u) { (*static_cast<F*>(c))(u); }, &f);
+}
+
+}  // namespace cpu
+}  // namespace mnv2

@@ -1,0 +1,51 @@
+// The avx2 build of the fused CPU kernel (kernel_impl.h), chosen at run time by inverted_residual_cpu.cpp.
+// Only this file's own functions get the target attribute (the pragma region opens after every include),
+// so no inline function of a shared header is emitted with avx2 instructions.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <type_traits>
+
+#include "cpu_kernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MNV2_VW 8
+#pragma GCC push_options
+#pragma GCC diagnostic push
+// False positives: the row-pointer arrays are only read for the rows a tile has; GCC's own AVX-512 masked loads.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC target("avx2,fma")
+namespace mnv2 {
+namespace cpu {
+namespace avx2 {
+#include "kernel_impl.h"
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace mnv2
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+namespace mnv2 {
+namespace cpu {
+// Outside the target region: callable (and its table built) on any x86-64 machine.
+const KernelTable* avx2_kernel() {
+  static const KernelTable t{"avx2", MNV2_VW, &avx2::packed_floats, &avx2::pack, &avx2::run,
+                             &avx2::conv3x3_supported, &avx2::conv3x3_packed_floats, &avx2::conv3x3_pack,
+                             &avx2::conv3x3_run, &avx2::dense_packed_floats, &avx2::dense_pack, &avx2::dense_run};
+  return &t;
+}
+}  // namespace cpu
+}  // namespace mnv2
+#else
+namespace mnv2 {
+namespace cpu {
+const KernelTable* avx2_kernel() { return nullptr; }
+}  // namespace cpu
+}  // namespace mnv2
+#endif

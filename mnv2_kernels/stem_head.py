@@ -1,0 +1,126 @@
+"""The layers around the fused blocks on the CPU kernel's own threads: stem, head and classifier (issue 14).
+
+After ``fuse()``, a MobileNetV2 forward is 17 fused blocks plus a few ATen ops: the stem convolution (3x3,
+stride 2, 3 -> 32, ReLU6), the head convolution (1x1, 320 -> 1280, ReLU6), the global average pool and the
+classifier (nn.Linear 1280 -> 1000). Each ATen op is an OpenMP parallel region, and a region ends in a barrier
+that waits until every OpenMP thread has been scheduled: on a machine whose cores are busy, each region can
+cost a scheduler time slice (milliseconds; at batch 1 these ops took ~50 ms each with 2 threads on a loaded
+2-core machine, against ~1 ms with 1 thread). Here they run on the fused kernel's pool instead (the caller
+works, helpers join when they can; csrc/cpu/thread_pool.cpp), with weights packed once:
+
+  torch.ops.mnv2.conv3x3_bias_act(x, w, b, stride, relu6)  dense 3x3 convolution, padding 1 (+ ReLU6)
+  torch.ops.mnv2.dense_bias_act(x, w, b, relu6)            1x1 convolution ([N, K, H, W]) or linear ([M, K])
+
+Modules (drop-in: same parameters, buffers, state-dict keys and hooks; anything the kernels do not cover
+runs the parent class's forward):
+
+- ``CPUFoldedConvBNAct``: a ``FoldedConvBNAct`` whose folded convolution is a 3x3 (padding 1, stride 1 or 2,
+  groups 1, Cin <= 64, Cout <= 64) or 1x1 (stride 1, padding 0, groups 1) convolution with ReLU6 or no
+  activation, on float32 CPU tensors, runs the ops above.
+- ``CPULinear``: an ``nn.Linear`` that runs ``dense_bias_act`` on float32 CPU inputs [M, K] when no gradient
+  is needed.
+
+``use_cpu_kernels(model)`` turns a fused model's FoldedConvBNAct and nn.Linear modules into these (in place,
+by class; ``fuse()`` calls it). torch.compile, torch.jit.trace, ONNX export, gradients, other dtypes and
+devices take the parents' paths.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
+from ._ext import CPU_EXT
+from .modules import FoldedConvBNAct
+
+_HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
+
+if _HAVE_OPS:
+    def _fake_conv3x3(x, w, b, stride, relu6):
+        ho, wo = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.new_empty((x.shape[0], w.shape[0], ho, wo)).contiguous(
+            memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+    def _fake_dense(x, w, b, relu6):
+        if x.dim() == 2:
+            return x.new_empty((x.shape[0], w.shape[0]))
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.new_empty((x.shape[0], w.shape[0], x.shape[2], x.shape[3])).contiguous(
+            memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+    try:
+        torch.library.register_fake("mnv2::conv3x3_bias_act", _fake_conv3x3)
+        torch.library.register_fake("mnv2::dense_bias_act", _fake_dense)
+    except RuntimeError:  # already registered (module reloaded)
+        pass
+
+
+def _plain_cpu_f32(x: torch.Tensor) -> bool:
+    """x can take the CPU kernels: float32 on the CPU, outside tracing / compiling / exporting."""
+    return (_HAVE_OPS and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
+def _conv_kind(conv: nn.Conv2d) -> Optional[str]:
+    """'3x3' or '1x1' when the kernels cover this convolution's geometry, else None."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+        return None
+    if (conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride in ((1, 1), (2, 2))
+            and conv.in_channels <= 64 and conv.out_channels <= 64):
+        return "3x3"
+    if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and conv.stride == (1, 1):
+        return "1x1"
+    return None
+
+
+class CPUFoldedConvBNAct(FoldedConvBNAct):
+    """FoldedConvBNAct whose float32 CPU forward runs the kernel's stem/head ops (see the module docstring).
+
+    Input [N, Cin, H, W]; output [N, Cout, Ho, Wo] in the input's memory format, as nn.Conv2d returns it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _plain_cpu_f32(x):
+            return super().forward(x)
+        st = self._fused_structure(x)
+        if st is None or st.plan.activation not in (None, "relu6"):
+            return super().forward(x)
+        conv = st.targets[0]
+        kind = _conv_kind(conv)
+        if kind is None:
+            return super().forward(x)
+        w, b = self._folded(st, x.dtype, x.device).folded
+        relu6 = st.plan.activation == "relu6"
+        if kind == "3x3":
+            return torch.ops.mnv2.conv3x3_bias_act(x, w, b, conv.stride[0], relu6)
+        return torch.ops.mnv2.dense_bias_act(x, w, b, relu6)
+
+
+class CPULinear(nn.Linear):
+    """nn.Linear whose float32 CPU forward (inputs [M, K], no gradient needed) runs ``dense_bias_act``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 2 and self.bias is not None and _plain_cpu_f32(x) and self.weight.dtype == torch.float32
+                and self.weight.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                      or self.bias.requires_grad))):
+            return torch.ops.mnv2.dense_bias_act(x, self.weight, self.bias, False)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_cpu_kernels(model: nn.Module) -> nn.Module:
+    """Turns ``model``'s FoldedConvBNAct and nn.Linear modules into CPUFoldedConvBNAct / CPULinear, in place
+    (the class only: parameters, buffers, hooks and state-dict keys stay). Returns ``model``. A no-op when the
+    CPU extension is not built."""
+    if not _HAVE_OPS:
+        return model
+    for m in model.modules():
+        if type(m) is FoldedConvBNAct:
+            m.__class__ = CPUFoldedConvBNAct
+        elif type(m) is nn.Linear:
+            m.__class__ = CPULinear
+    return model
