@@ -42,8 +42,8 @@ def cpu_sources(relative: bool = False) -> List[str]:
 
 def cpu_cxx_flags() -> List[str]:
     flags = ["-O3"]  # the C++ standard comes from torch's BuildExtension (C++17 or C++20 by torch version)
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags += ["-mavx2", "-mfma"]
+    # No -m<isa>: csrc/cpu compiles its AVX2 and AVX-512 kernels with `#pragma GCC target` and picks one at
+    # run time (issue 14).
     return flags + openmp_flags()
 
 
