@@ -160,6 +160,8 @@ class _FoldedModule(nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         d = self.__dict__
+        if name == "backend" and value not in ops.BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose one of {ops.BACKENDS}")
         original = d.get("_original")
         if (original is not None and name not in d and name in original.__dict__
                 and not isinstance(value, (nn.Module, torch.Tensor))):

@@ -232,6 +232,8 @@ def test_backend_changed_after_fusing():
     _same(fused, original, x)
     fused.backend = "reference"
     _same(fused, original, x)
+    with pytest.raises(ValueError, match="unknown backend"):
+        fused.backend = "gpu"
     assert {slot[2] for slot in fused._cache} == {"auto", "reference"}
 
 
