@@ -284,8 +284,8 @@ def predict(cubin, regs_by_symbol, batch=256, dtype="float16", json_out=None):
         pl = plans[0]
         p, sc = pl["plan"], dict(pl["loops"])
         L = sc["layout"]
-        # staging of the depthwise weights: 2 small loops, once per chunk (chunk mode) or once per CTA (ring mode)
-        sc["stage"] = math.ceil(9 * p["chunk"] / cp.THREADS) * (sc["chunks"] if p["nchunks"] > 1 else 1)
+        # staging of the depthwise weights (one loop over the chunk's channels), once per chunk (chunk mode) or once per CTA
+        sc["stage"] = math.ceil(p["chunk"] / cp.THREADS) * (sc["chunks"] if p["nchunks"] > 1 else 1)
         fn = [f for f in funcs if pl["symbol"] in f]
         assert len(fn) == 1, (pl["symbol"], list(funcs))
         per_warp, hmma_w, by_phase, _ = weighted_counts(funcs[fn[0]], loops[fn[0]], sc, True)

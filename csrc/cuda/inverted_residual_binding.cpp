@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
+#include <torch/python.h>  // at::Tensor <-> Python for _pack_k32
 
 #include <cstdint>
 

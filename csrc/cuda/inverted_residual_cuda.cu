@@ -315,6 +315,7 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
   // thread -> (pixel, 16-byte vector); kThreads = xv_pstep * vpp + xv_cstep (no division in the loop)
   int pix = int(fdiv(uint32_t(threadIdx.x), p.div_xvec));
   int c = (int(threadIdx.x) - pix * vpp) << 3;
+#pragma unroll 1
   while (pix < tot_pix) {
     const bool ok = pix < npix && c < p.Cin8;
     cp_async16(sX + pix * p.LX + c, ok ? base + int64_t(pix) * p.Cin8 + c : x, ok ? 16u : 0u);
@@ -339,17 +340,20 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
   if (stage_dw) {
     const T* wdw = static_cast<const T*>(p.wdw);
     const T* bdw = static_cast<const T*>(p.bdw);
-    for (int v = threadIdx.x; v < 9 * p.HC; v += kThreads) {  // sWdw[tap][c], from w_dw[c][tap]
-      const int tap = v / p.HC;  // stage once per chunk: not an inner loop
-      const int c = v - tap * p.HC;
+#pragma unroll 1
+    for (int c = threadIdx.x; c < p.HC; c += kThreads) {  // sWdw[tap][c] from w_dw[c][tap], sBdw[c] from b_dw[c]
       const int ch = c0 + c;
-      sWdw[v] = ch < p.Chid8 ? Tr<T>::to_f(wdw[int64_t(ch) * 9 + tap]) : 0.f;
+      const bool ok = ch < p.Chid8;
+      const T* src = wdw + int64_t(ok ? ch : 0) * 9;
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) sWdw[tap * p.HC + c] = ok ? Tr<T>::to_f(src[tap]) : 0.f;
+      sBdw[c] = ok ? Tr<T>::to_f(bdw[ch]) : 0.f;
     }
-    for (int c = threadIdx.x; c < p.HC; c += kThreads) sBdw[c] = c0 + c < p.Chid8 ? Tr<T>::to_f(bdw[c0 + c]) : 0.f;
   }
   if (!p.has_expand) {  // the ring gets input channels c0 .. c0 + HC (Chid8 == Cin8; sX is zero beyond Cin8)
     const int vpp = p.HC >> 3;
     const int total = npix * vpp;
+#pragma unroll 1
     for (int v = threadIdx.x; v < total; v += kThreads) {
       const int pix = int(fdiv(uint32_t(v), p.div_hcv));
       const int c = (v - pix * vpp) << 3;
@@ -394,8 +398,9 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int j = 0; j < 4; ++j) bptr[j] = we + int64_t(brow0 + 2 * j < p.Chid8 ? brow0 + 2 * j : 0) * p.CinP + 8 * q;
     const T* ap = sX + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LX + ((lane >> 4) << 3);
     const int a16 = 16 * p.LX;
+    int k = 0;
 #pragma unroll 1
-    for (int k = 0; k < p.CinP; k += 32) {
+    do {  // CinP >= 32: at least one trip (a do-while keeps the compiler from duplicating the epilogue)
       uint32_t a[2][2][4];  // [k16 step][m tile]
       ldmatrix_x4(a[0][0], ap);
       ldmatrix_x4(a[0][1], ap + a16);
@@ -411,7 +416,8 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
           Tr<T>::mma(acc[i][j], a[1][i][0], a[1][i][1], a[1][i][2], a[1][i][3], b.z, b.w);
         }
       }
-    }
+      k += 32;
+    } while (k < p.CinP);
     // epilogue: ReLU6, round, hidden channels >= chid_real forced to exactly 0 (a mask, so NaN cannot leak)
     uint32_t keep[4];
 #pragma unroll
@@ -552,8 +558,9 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
     for (int j = 0; j < 4; ++j) bptr[j] = wp + int64_t(brow0 + 2 * j < p.Cout8 ? brow0 + 2 * j : 0) * p.ChidP + 8 * q;
     const T* ap = sDW + (px0 + (lane & 7) + ((lane >> 3) & 1) * 8) * p.LD2 + ((lane >> 4) << 3);
     const int a16 = 16 * p.LD2;
+    int k = 0;
 #pragma unroll 1
-    for (int k = 0; k < p.ChidP; k += 32) {  // sDW columns ChidP .. KP are zero: not read
+    do {  // k < ChidP (>= 32); sDW columns ChidP .. KP are zero: not read
       uint32_t a[2][2][4];  // [k16 step][m tile]
       ldmatrix_x4(a[0][0], ap);
       ldmatrix_x4(a[0][1], ap + a16);
@@ -569,7 +576,8 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
           Tr<T>::mma(acc[i][j], a[1][i][0], a[1][i][1], a[1][i][2], a[1][i][3], b.z, b.w);
         }
       }
-    }
+      k += 32;
+    } while (k < p.ChidP);
     const int co = nb + (q << 3);
     if (co >= p.Cout8) continue;  // this thread's 8 output channels are padding
     float bias[8];
