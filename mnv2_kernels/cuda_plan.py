@@ -18,7 +18,7 @@ from __future__ import annotations
 WARPS = 8
 THREADS = WARPS * 32
 PX = 4                      # output pixels per depthwise work item
-MAX_STEP_PIXELS = 128       # R * Wo <= this (unless R == 1)
+MAX_STEP_PIXELS = 256       # R * Wo <= this (unless R == 1)
 CHUNK = 96                  # hidden channels per chunk in chunk mode
 BUDGET2 = 113 * 1024        # shared memory per CTA for 2 CTAs per SM
 MIN_RING_PIXELS = 24        # ring mode needs R * Wo >= this (or R == Ho)
@@ -59,6 +59,11 @@ def pack_k32(w):
     return p.reshape(rows, c32 // 32, 2, 2, 4, 2).transpose(0, 1, 4, 2, 3, 5).reshape(rows, c32)
 
 
+def ring_pixels(RR, W):
+    """Pixels of the ring: RR rows of W + 1 (a zero pixel before each row), a final zero pixel, slack (the .cu)."""
+    return RR * (W + 1) + 1 + 2 * PX + 2
+
+
 def layout(Cin8, Chid8, H, W, Wo, S, R, HC):
     """Shared-memory layout of one CTA (offsets in bytes), as make_layout in the .cu."""
     RR = min((R - 1) * S + 3, H)
@@ -73,7 +78,7 @@ def layout(Cin8, Chid8, H, W, Wo, S, R, HC):
     off_x = off
     off = a128(off + MXP * LX * 2)
     off_ring = off
-    off = a128(off + RR * W * LH * 2)
+    off = a128(off + ring_pixels(RR, W) * LH * 2)
     off_dw = off
     off = a128(off + MOP * LD2 * 2)
     off_wdw = off

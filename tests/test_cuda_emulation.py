@@ -225,7 +225,8 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
     for cta in range(p["grid"]):
         # shared memory, poisoned: any read of a value the kernel has not written shows up as NaN
         sX = np.full((L["MXP"], L["LX"]), np.nan)
-        ring = np.full((RR * W, L["LH"]), np.nan)
+        ring = np.full((cp.ring_pixels(RR, W), L["LH"]), np.nan)
+        ring[np.arange(RR + 1) * (W + 1)] = 0.0  # the zero pixels (column -1 of each row, column W of the last)
         sDW = np.full((L["MOP"], L["LD2"]), np.nan)
         sWdw = np.full((9, HC), np.nan)
         sBdw = np.full(HC, np.nan)
@@ -270,9 +271,11 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
                         sBdw[:] = np.where(okc, BD[np.minimum(cc, Chid8 - 1)], 0.0)
                     dw_staged = True
                     pix = np.arange(npix_in)
-                    rp = ring_row0 * W + pix
-                    rp = np.where(rp >= RR * W, rp - RR * W, rp)
-                    assert (rp >= 0).all() and (rp < RR * W).all()
+                    r = pix // W
+                    slot_w = ring_row0 + r
+                    slot_w = np.where(slot_w >= RR, slot_w - RR, slot_w)
+                    assert (slot_w >= 0).all() and (slot_w < RR).all()
+                    rp = slot_w * (W + 1) + 1 + (pix - r * W)
                     if not has_expand:
                         cc = c0 + np.arange(HC)
                         vals = np.where(cc[None, :] < Cin8, sX[:npix_in, np.minimum(cc, L["LX"] - 1)], 0.0)
@@ -303,9 +306,11 @@ def emulate(args, p=None, num_sms=132, smem_limit=cp.H200_SMEM_OPTIN):
                             assert (slot[row_ok] >= 0).all() and (slot < RR).all()
                             for kx in range(3):
                                 ix = ox * S - 1 + kx
-                                ok = row_ok & (ix >= 0) & (ix < W)
-                                src = np.where(row_ok, slot, 0) * W + np.clip(ix, 0, W - 1)
-                                v = np.where(ok[..., None], ring[src, :HC], 0.0)
+                                # no column check: columns -1 and W are the ring's zero pixels; reads past W
+                                # (partial strips) only feed outputs ox >= Wo, which are not stored
+                                src = (np.where(row_ok, slot, 0) * (W + 1) + 1) + ix
+                                assert (src >= 0).all() and (src < ring.shape[0]).all()
+                                v = np.where(row_ok[..., None], ring[src, :HC], 0.0)
                                 acc += sWdw[ky * 3 + kx][None, None, :] * v
                         out = _relu6(acc + sBdw[None, None, :])
                         keep = ox < Wo

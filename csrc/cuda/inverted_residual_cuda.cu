@@ -43,7 +43,7 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPX = 4;               // output pixels per depthwise work item
-constexpr int kMaxStepPixels = 128;  // R * Wo <= this (unless R == 1)
+constexpr int kMaxStepPixels = 256;  // R * Wo <= this (unless R == 1)
 constexpr int kChunk = 96;           // hidden channels per chunk in chunk mode
 constexpr int64_t kBudget2 = 113 * 1024;  // shared memory per CTA for 2 CTAs per SM (228 KB SM, 1 KB reserved)
 constexpr int kMinRingPixels = 24;   // ring mode needs R * Wo >= this (or R == Ho)
@@ -57,6 +57,12 @@ inline int64_t align128(int64_t v) { return round_up(v, 128); }
 // Leading dimension (elements, 2-byte) of a shared row of `elems` (a multiple of 8) channels: an odd number of
 // 16-byte units, so the 8 rows one ldmatrix phase reads fall in 8 different bank groups.
 inline int64_t pad_ld(int64_t elems) { return (elems / 8) % 2 == 1 ? elems : elems + 8; }
+
+// Ring of expanded rows: row r holds image columns 0 .. W-1 at pixels r*(W+1) + 1 .. r*(W+1) + W; pixels r*(W+1)
+// (r = 0 .. RR) are zero, so column -1 of a row and column W (the next row's zero pixel) read as zero padding
+// without a check. A few slack pixels after the last row absorb the reads of a partial depthwise strip (outputs
+// past Wo, which are discarded).
+inline int64_t ring_pixels(int64_t RR, int64_t W) { return RR * (W + 1) + 1 + 2 * kPX + 2; }
 
 struct Layout {
   int64_t LX, MXP, LH, LD2, MOP, KP, RR;
@@ -75,7 +81,7 @@ Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo
   L.MOP = round_up(R * Wo, 32);
   int64_t off = 0;
   L.off_x = off;    off = align128(off + L.MXP * L.LX * 2);
-  L.off_ring = off; off = align128(off + L.RR * W * L.LH * 2);
+  L.off_ring = off; off = align128(off + ring_pixels(L.RR, W) * L.LH * 2);
   L.off_dw = off;   off = align128(off + L.MOP * L.LD2 * 2);
   L.off_wdw = off;  off = align128(off + 9 * HC * 4);
   L.off_bdw = off;  off = align128(off + HC * 4);
@@ -193,9 +199,6 @@ __device__ __forceinline__ uint32_t fdiv(uint32_t n, const FastDiv& f) {
   return (__umulhi(n, f.mul) + n) >> f.shift;
 }
 
-// min(max(v, 0), 6) that keeps NaN (NaN compares false both ways), like torch's ReLU6.
-__device__ __forceinline__ float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
-
 template <typename T>
 struct Tr;
 
@@ -262,7 +265,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-__device__ __forceinline__ uint32_t ldg4(const void* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
 
 // A fragment (16 x 16, row-major in shared memory) of mma m16n8k16: lane l gives the address of row (l & 7) +
 // 8 * ((l >> 3) & 1), column 8 * (l >> 4) of the tile.
@@ -298,8 +300,17 @@ struct Params {
   FastDiv div_ns;     // depthwise strip -> (row, strip) (ceil(Wo / kPX) strips per row)
   FastDiv div_hcv;    // copy (no expand) index -> pixel (HC / 8 vectors per pixel)
   FastDiv div_ntp;    // project warp tile -> (m tile, n tile)
+  FastDiv div_w;      // pixel -> (row, column) of the ring
   FastDiv div_nte;    // expand warp tile -> (m tile, n tile)
 };
+
+// Ring pixel of pixel `pix` (row-major over W columns) of the rows starting at ring row `ring_row0`.
+__device__ __forceinline__ int ring_pos(const Params& p, int ring_row0, int pix) {
+  const int r = int(fdiv(uint32_t(pix), p.div_w));
+  int slot = ring_row0 + r;
+  if (slot >= p.RR) slot -= p.RR;
+  return slot * (p.W + 1) + 1 + (pix - r * p.W);
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Phases
@@ -329,14 +340,13 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
   cp_async_commit();
 }
 
-// Expand (or copy) the rows of sX, chunk channels [c0, c0 + HC), into ring pixels starting at ring_px0 (wrapping
-// at RR * W). Also stages the chunk's depthwise weights and bias as float.
+// Expand (or copy) the rows of sX, chunk channels [c0, c0 + HC), into the ring rows starting at ring_row0 (wrapping
+// at RR). Also stages the chunk's depthwise weights and bias as float.
 template <typename T>
 __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sRing, float* sWdw, float* sBdw,
-                                             int npix, int ring_px0, int c0, bool stage_dw) {
+                                             int npix, int ring_row0, int c0, bool stage_dw) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
-  const int ring_pix = p.RR * p.W;
   if (stage_dw) {
     const T* wdw = static_cast<const T*>(p.wdw);
     const T* bdw = static_cast<const T*>(p.bdw);
@@ -357,9 +367,8 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int v = threadIdx.x; v < total; v += kThreads) {
       const int pix = int(fdiv(uint32_t(v), p.div_hcv));
       const int c = (v - pix * vpp) << 3;
-      int rp = ring_px0 + pix;
-      if (rp >= ring_pix) rp -= ring_pix;
-      sts16(sRing + rp * p.LH + c, c0 + c < p.Cin8 ? lds16(sX + pix * p.LX + c0 + c) : make_uint4(0, 0, 0, 0));
+      sts16(sRing + ring_pos(p, ring_row0, pix) * p.LH + c,
+            c0 + c < p.Cin8 ? lds16(sX + pix * p.LX + c0 + c) : make_uint4(0, 0, 0, 0));
     }
     return;
   }
@@ -424,8 +433,6 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int j = 0; j < 4; ++j)
       keep[j] = (ch0 + 2 * j < p.chid_real ? 0xffffu : 0u) | (ch0 + 2 * j + 1 < p.chid_real ? 0xffff0000u : 0u);
     T* const dst = sRing + (ch0 - c0);  // chunk-local channel
-    int rp0 = ring_px0 + px0 + g;
-    if (rp0 >= ring_pix) rp0 -= ring_pix;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -436,11 +443,7 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
         o.y = Tr<T>::relu6_f2(acc[i][1][2 * h], acc[i][1][2 * h + 1]) & keep[1];
         o.z = Tr<T>::relu6_f2(acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
         o.w = Tr<T>::relu6_f2(acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
-        if (px0 + g + d < npix) {
-          int rp = rp0 + d;
-          if (rp >= ring_pix) rp -= ring_pix;
-          sts16(dst + rp * p.LH, o);
-        }
+        if (px0 + g + d < npix) sts16(dst + ring_pos(p, ring_row0, px0 + g + d) * p.LH, o);
       }
   }
 }
@@ -479,7 +482,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
       const bool row_ok = iy >= 0 && iy < p.H;
       int slot = slot0 + i * S + ky;
       if (slot >= p.RR) slot -= p.RR;
-      const T* rowp = sRing + (row_ok ? slot : 0) * p.W * p.LH + c;
+      const T* rowp = sRing + ((row_ok ? slot : 0) * (p.W + 1) + 1) * p.LH + c;  // column 0 of the row
       float w[3][8];
 #pragma unroll
       for (int kx = 0; kx < 3; ++kx) {
@@ -491,9 +494,8 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
 #pragma unroll
       for (int t = 0; t < NCOL; ++t) {
         const int ix = ix0 + t;
-        const bool ok = row_ok && ix >= 0 && ix < p.W;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (ok) v = lds16(rowp + ix * p.LH);
+        uint4 v = make_uint4(0, 0, 0, 0);  // columns -1 and W are the ring's zero pixels
+        if (row_ok) v = lds16(rowp + ix * p.LH);
         float f[8];
         {
           const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
@@ -641,11 +643,16 @@ template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kernel(const Params p) {
   extern __shared__ __align__(128) unsigned char smem[];
   T* const sX = reinterpret_cast<T*>(smem);                         // [MXP][LX]      input rows of a step
-  T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [RR * W][LH]   expanded rows (ring)
+  T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [ring_pixels][LH] expanded rows (ring)
   T* const sDW = reinterpret_cast<T*>(smem + p.off_dw);             // [MOP][LD2]     depthwise output
   float* const sWdw = reinterpret_cast<float*>(smem + p.off_wdw);   // [9][HC]        depthwise taps
   float* const sBdw = reinterpret_cast<float*>(smem + p.off_bdw);   // [HC]           depthwise bias
 
+  // the ring's zero pixels (column -1 of every row, column W of the last), once: the expand never writes them
+  for (int v = threadIdx.x; v < (p.RR + 1) * (p.LH >> 3); v += kThreads) {
+    const int r = v / (p.LH >> 3);  // once per CTA
+    sts16(sRing + (r * (p.W + 1)) * p.LH + ((v - r * (p.LH >> 3)) << 3), make_uint4(0, 0, 0, 0));
+  }
   bool dw_staged = false;  // ring mode: the depthwise weights stay in shared memory for the whole CTA
   for (int64_t item = blockIdx.x; item < p.items; item += gridDim.x) {
     // item -> (image n, band b); band b covers steps [b*steps/bands, (b+1)*steps/bands)
@@ -677,7 +684,7 @@ __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kerne
       for (int ch = 0; ch < p.nchunks; ++ch) {
         const int c0 = ch * p.HC;
         const bool stage = p.nchunks > 1 || !dw_staged;
-        expand_chunk<T>(p, sX, sRing, sWdw, sBdw, npix_in, ring_row0 * p.W, c0, stage);
+        expand_chunk<T>(p, sX, sRing, sWdw, sBdw, npix_in, ring_row0, c0, stage);
         dw_staged = true;
         __syncthreads();  // ring rows and depthwise weights ready; sX free after the last chunk
         if (ch == p.nchunks - 1 && k + 1 < k1) {  // prefetch the next step's new rows
@@ -806,6 +813,7 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   p.div_ns = make_fastdiv(uint32_t((Wo + kPX - 1) / kPX));
   p.div_hcv = make_fastdiv(uint32_t(plan.chunk / 8));
   p.div_ntp = make_fastdiv(uint32_t((Cout8 + 31) / 32));
+  p.div_w = make_fastdiv(uint32_t(W));
   p.div_nte = make_fastdiv(uint32_t(plan.chunk / 32));
   if (plan.grid < 1 || plan.grid > INT32_MAX) return cudaErrorInvalidValue;
 
