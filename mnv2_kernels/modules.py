@@ -121,9 +121,10 @@ class _FoldedModule(nn.Module):
 
     Staleness (docs/CONTRACT.md, "Modules"): the folded weights are rebuilt when a folded-from tensor is
     replaced or modified in place through autograd-visible ops (its address or version counter changes), when
-    a layer is replaced or a BN's eps or a conv's geometry changes (the module is recognised again), on every
-    ``train()`` / ``eval()`` call, and on ``refresh()``. Writes that bypass the version counter
-    (``.data.mul_()``, writes through ``.numpy()``) are picked up at the next ``eval()`` or ``refresh()``.
+    a layer is replaced or a BN's eps or a conv's geometry changes (the module is recognised again), when the
+    module switches between training and eval mode, and on ``refresh()``. Writes that bypass the version
+    counter (``.data.mul_()``, writes through ``.numpy()``) are picked up at the next switch to eval mode or
+    ``refresh()``.
     """
 
     def __init__(self, original: nn.Module, plan: Any):
@@ -175,17 +176,21 @@ class _FoldedModule(nn.Module):
 
     # -- mode, refresh ----------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
+        if mode != self.training:
+            # A switch between training and eval drops the folded weights: .data / numpy edits made while
+            # training count. (Not on every eval() call: refolding a network costs ~2.5 batch-1 forwards.)
+            self.__dict__["_cache"] = {}
         super().train(mode)
         self._original.train(mode)
-        self.__dict__["_cache"] = {}  # folded again on the next call: .data / numpy edits made meanwhile count
         return self
 
     def refresh(self) -> "_FoldedModule":
         """Drops the folded weights and recognises the module again on the next call.
 
         Call it after changing weights in ways PyTorch does not record (``p.data.mul_()``, writes through
-        ``p.detach().numpy()``) while the module stays in eval mode (``train()`` / ``eval()`` drop the folded
-        weights too), or after changing the original's class (its forward). ``mnv2_kernels.refresh(model)``
+        ``p.detach().numpy()``, EMA updates written through ``.data``) while the module stays in eval mode
+        (switching from training to eval drops the folded weights too), or after changing the original's class
+        (its forward). ``mnv2_kernels.refresh(model)``
         does it for every fused module of a model. Recognising traces the block with torch.fx, which patches
         ``nn.Module`` globally while it runs: do not call it while other threads run models.
         """

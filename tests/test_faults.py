@@ -150,9 +150,9 @@ def test_recorded_weight_changes_refold(change):
 
 
 @pytest.mark.parametrize("change", ["data_mul_", "numpy_write"])
-@pytest.mark.parametrize("how", ["refresh", "eval", "mk_refresh"])
+@pytest.mark.parametrize("how", ["refresh", "train_then_eval", "mk_refresh"])
 def test_unrecorded_weight_changes_need_refresh_or_eval(change, how):
-    """.data and numpy writes bypass the version counter: refresh() or .eval() picks them up (documented)."""
+    """.data and numpy writes bypass the version counter: refresh() or a switch to eval mode picks them up."""
     original, fused = _twins()
     x = _x()
     _same(fused, original, x)
@@ -168,7 +168,8 @@ def test_unrecorded_weight_changes_need_refresh_or_eval(change, how):
     edit(fused)
     if how == "refresh":
         assert fused.refresh() is fused
-    elif how == "eval":
+    elif how == "train_then_eval":
+        fused.train()
         fused.eval()
     else:
         mk.refresh(nn.Sequential(fused))
@@ -346,7 +347,7 @@ def test_threads_with_different_dtypes():
             for k in range(30):
                 dt = dtypes[(i + k) % len(dtypes)]
                 if k % 10 == 0:
-                    fused.eval()  # drops the folded weights: refolds while others read
+                    fused.__dict__["_cache"] = {}  # as a switch to eval mode does: refolds while others read
                 with torch.no_grad():
                     y = fused(xs[dt])
                 assert y.dtype == dt
@@ -361,6 +362,16 @@ def test_threads_with_different_dtypes():
         t.join()
     assert not errors, errors[0]
     assert {slot[1] for slot in fused._cache} == set(dtypes)
+
+
+def test_eval_on_an_eval_model_keeps_the_folded_weights():
+    _, fused = _twins()
+    with torch.no_grad():
+        fused(_x())
+        entries = dict(fused._cache)
+        fused.eval()
+        fused(_x())
+    assert entries and all(fused._cache[k] is e for k, e in entries.items())
 
 
 def test_weight_changes_seen_by_other_threads():
