@@ -414,3 +414,32 @@ def test_emulated_nan_propagates_like_the_reference():
     fin = torch.isfinite(ref)
     assert fin.any() and (~fin).any()
     assert torch.allclose(got[fin], ref[fin], rtol=1e-9, atol=1e-9)
+
+
+def test_load_rows_incremental_indices():
+    """load_rows walks (pixel, channel vector, source offset) incrementally, THREADS vectors apart: every vector of
+    every pixel is visited exactly once and the source offset always equals pixel * Cin8 + channel."""
+    for cin8 in (8, 16, 24, 32, 40, 64, 96, 160, 200, 1024):
+        cinp = cp.round_up(cin8, 32)
+        vpp = cinp // 8
+        pstep, cstep = cp.THREADS // vpp, (cp.THREADS % vpp) * 8
+        step, wrap = pstep * cin8 + cstep, cin8 - cinp
+        for npix in (1, 31, 32, 100, 337):
+            tot_pix = cp.round_up(npix, 32)
+            seen = set()
+            for t in range(cp.THREADS):
+                pix, c = t // vpp, (t - (t // vpp) * vpp) * 8
+                src = pix * cin8 + c
+                while pix < tot_pix:
+                    assert (pix, c) not in seen
+                    seen.add((pix, c))
+                    if pix < npix and c < cin8:
+                        assert src == pix * cin8 + c
+                    pix += pstep
+                    c += cstep
+                    src += step
+                    if c >= cinp:
+                        c -= cinp
+                        pix += 1
+                        src += wrap
+            assert seen == {(p, 8 * v) for p in range(tot_pix) for v in range(vpp)}

@@ -326,15 +326,19 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
   // thread -> (pixel, 16-byte vector); kThreads = xv_pstep * vpp + xv_cstep (no division in the loop)
   int pix = int(fdiv(uint32_t(threadIdx.x), p.div_xvec));
   int c = (int(threadIdx.x) - pix * vpp) << 3;
+  const T* src = base + int64_t(pix) * p.Cin8 + c;  // advanced with (pix, c); dereferenced only when in range
+  const int step = p.xv_pstep * p.Cin8 + p.xv_cstep, wrap = p.Cin8 - p.CinP;
 #pragma unroll 1
   while (pix < tot_pix) {
     const bool ok = pix < npix && c < p.Cin8;
-    cp_async16(sX + pix * p.LX + c, ok ? base + int64_t(pix) * p.Cin8 + c : x, ok ? 16u : 0u);
+    cp_async16(sX + pix * p.LX + c, ok ? src : x, ok ? 16u : 0u);
     pix += p.xv_pstep;
     c += p.xv_cstep;
+    src += step;
     if (c >= p.CinP) {
       c -= p.CinP;
       ++pix;
+      src += wrap;  // offset pix * Cin8 + c: -CinP + Cin8
     }
   }
   cp_async_commit();
@@ -479,10 +483,10 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
 #pragma unroll
     for (int ky = 0; ky < 3; ++ky) {
       const int iy = oy * S - 1 + ky;
-      const bool row_ok = iy >= 0 && iy < p.H;
+      if (iy < 0 || iy >= p.H) continue;  // a zero-padding row: contributes nothing (mostly warp-uniform)
       int slot = slot0 + i * S + ky;
       if (slot >= p.RR) slot -= p.RR;
-      const T* rowp = sRing + ((row_ok ? slot : 0) * (p.W + 1) + 1) * p.LH + c;  // column 0 of the row
+      const T* rowp = sRing + (slot * (p.W + 1) + 1) * p.LH + c;  // column 0 of the row
       float w[3][8];
 #pragma unroll
       for (int kx = 0; kx < 3; ++kx) {
@@ -494,8 +498,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
 #pragma unroll
       for (int t = 0; t < NCOL; ++t) {
         const int ix = ix0 + t;
-        uint4 v = make_uint4(0, 0, 0, 0);  // columns -1 and W are the ring's zero pixels
-        if (row_ok) v = lds16(rowp + ix * p.LH);
+        const uint4 v = lds16(rowp + ix * p.LH);  // columns -1 and W are the ring's zero pixels
         float f[8];
         {
           const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
@@ -546,13 +549,22 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
     const int nt = t - mt * ntiles;
     const int px0 = mt << 5;
     const int nb = nt << 5;
+    // accumulators: output channels co .. co + 7 (pair j: co + 2j, + 1) of pixels px0 + 16i + g (+8), from the bias
+    const int co = nb + (q << 3);
     float acc[2][4][4];
+    {
+      const uint4 bv = co < p.Cout8 ? ldg16(bp + co) : make_uint4(0, 0, 0, 0);
+      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = Tr<T>::to_f2(bw[j]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+        for (int i = 0; i < 2; ++i) {
+          acc[i][j][0] = acc[i][j][2] = f.x;
+          acc[i][j][1] = acc[i][j][3] = f.y;
+        }
+      }
+    }
     // rows past Cout8 read row 0: those outputs are not stored. w_project is packed like w_expand.
     const int brow0 = nb + ((g >> 1) << 3) + (g & 1);
     const T* bptr[4];
@@ -580,19 +592,7 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
       }
       k += 32;
     } while (k < p.ChidP);
-    const int co = nb + (q << 3);
     if (co >= p.Cout8) continue;  // this thread's 8 output channels are padding
-    float bias[8];
-    {
-      const uint4 bv = ldg16(bp + co);
-      const uint32_t bw[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = Tr<T>::to_f2(bw[j]);
-        bias[2 * j] = f.x;
-        bias[2 * j + 1] = f.y;
-      }
-    }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -603,8 +603,8 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
           float v[8];
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            v[2 * j] = acc[i][j][2 * h] + bias[2 * j];
-            v[2 * j + 1] = acc[i][j][2 * h + 1] + bias[2 * j + 1];
+            v[2 * j] = acc[i][j][2 * h];
+            v[2 * j + 1] = acc[i][j][2 * h + 1];
           }
           if (p.residual) {  // stride 1, Cin8 == Cout8, H == Ho, W == Wo: the same pixel of x
             const uint4 rv = ldg16(x + gp * p.Cin8 + co);
