@@ -11,8 +11,10 @@ Why one process per engine and timed run: ONNX Runtime's and OpenVINO's thread p
 run and steal the cores from whatever runs next in the same process. The rounds alternate the engines (the
 order rotates each round) so that slow drifts of a shared machine hit every engine alike; each process warms
 up, then times ``--calls`` calls; the table shows, per engine, the median over rounds of the per-round medians,
-and the ratio of each engine to the fused model. Each process also reports its peak RSS and the logits, which
-are checked against the fused model's (top-5 and max abs difference).
+and the ratio of each engine to the fused model. Each process also reports its peak RSS (VmHWM: the whole
+process, libraries included; torch alone is ~0.4 GiB), "run +MiB" (peak RSS minus the RSS once the engine
+and model are loaded: what running inference adds) and the logits, which are checked against the fused
+model's (top-5 and max abs difference).
 
 Engines whose package is missing are skipped with a note (install: ``pip install -e .[bench]``, or
 ``pip install onnxruntime openvino onnx``). Needs the fused CPU kernel (``mnv2_kernels._C``).
@@ -234,17 +236,19 @@ def main(argv=None) -> int:
             rows[e] = {"median_ms": statistics.median(per[e]), "round_medians_ms": per[e],
                        "peak_rss_mib": max(i["peak_rss_mib"] for i in info[e]),
                        "rss_setup_mib": statistics.median(i["rss_setup_mib"] for i in info[e]),
+                       "run_delta_mib": max(i["peak_rss_mib"] - i["rss_setup_mib"] for i in info[e]),
                        "version": info[e][0]["version"], **(agree or {})}
         results[batch] = rows
         base = rows.get("fused", {}).get("median_ms")
         print(f"\nbatch {batch}, {args.threads} threads, fp32, {weights}; {args.rounds} alternating rounds x "
               f"{calls} calls, one process per engine per round")
-        print(f"{'engine':<12} {'median ms':>10} {'img/s':>8} {'vs fused':>9} {'peak RSS MiB':>13}  "
-              f"{'top5=fused':>10} {'max|dy|':>9}  round medians / version")
+        print(f"{'engine':<12} {'median ms':>10} {'img/s':>8} {'vs fused':>9} {'peak RSS MiB':>13} "
+              f"{'run +MiB':>9}  {'top5=fused':>10} {'max|dy|':>9}  round medians / version")
         for e, r in rows.items():
             ratio = r["median_ms"] / base if base else float("nan")
             print(f"{e:<12} {r['median_ms']:>10.2f} {batch / r['median_ms'] * 1e3:>8.1f} {ratio:>8.2f}x "
-                  f"{r['peak_rss_mib']:>13.0f}  {str(r.get('same_top5_as_fused', '-')):>10} "
+                  f"{r['peak_rss_mib']:>13.0f} {r['run_delta_mib']:>9.0f}  "
+                  f"{str(r.get('same_top5_as_fused', '-')):>10} "
                   f"{r.get('max_abs_diff_vs_fused', float('nan')):>9.2e}  "
                   f"{' '.join(f'{v:.1f}' for v in r['round_medians_ms'])} / {r['version']}")
     if args.json:

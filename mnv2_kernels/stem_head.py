@@ -10,6 +10,7 @@ works, helpers join when they can; csrc/cpu/thread_pool.cpp), with weights packe
 
   torch.ops.mnv2.conv3x3_bias_act(x, w, b, stride, relu6)  dense 3x3 convolution, padding 1 (+ ReLU6)
   torch.ops.mnv2.dense_bias_act(x, w, b, relu6)            1x1 convolution ([N, K, H, W]) or linear ([M, K])
+  torch.ops.mnv2.dense_relu6_mean(x, w, b)                 mean over H, W of relu6(1x1 convolution): [N, Ncols]
 
 Modules (drop-in: same parameters, buffers, state-dict keys and hooks; anything the kernels do not cover
 runs the parent class's forward):
@@ -20,8 +21,12 @@ runs the parent class's forward):
 - ``CPULinear``: an ``nn.Linear`` that runs ``dense_bias_act`` on float32 CPU inputs [M, K] when no gradient
   is needed.
 
-``use_cpu_kernels(model)`` turns a fused model's FoldedConvBNAct and nn.Linear modules into these (in place,
-by class; ``fuse()`` calls it). torch.compile, torch.jit.trace, ONNX export, gradients, other dtypes and
+- ``PooledHeadMobileNetV2`` / ``PooledHeadTorchvisionMobileNetV2``: the model classes with the head
+  convolution (1x1 + ReLU6) and the global average pool as one op, ``torch.ops.mnv2.dense_relu6_mean`` (the
+  1280-channel map never reaches memory; no OpenMP region for the pool).
+
+``use_cpu_kernels(model)`` turns a fused model's FoldedConvBNAct, nn.Linear and MobileNetV2 modules into these
+(in place, by class; ``fuse()`` calls it). torch.compile, torch.jit.trace, ONNX export, gradients, other dtypes and
 devices take the parents' paths.
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
@@ -52,7 +58,11 @@ if _HAVE_OPS:
         return x.new_empty((x.shape[0], w.shape[0], x.shape[2], x.shape[3])).contiguous(
             memory_format=torch.channels_last if cl else torch.contiguous_format)
 
+    def _fake_dense_mean(x, w, b):
+        return x.new_empty((x.shape[0], w.shape[0]))
+
     try:
+        torch.library.register_fake("mnv2::dense_relu6_mean", _fake_dense_mean)
         torch.library.register_fake("mnv2::conv3x3_bias_act", _fake_conv3x3)
         torch.library.register_fake("mnv2::dense_bias_act", _fake_dense)
     except RuntimeError:  # already registered (module reloaded)
@@ -112,10 +122,66 @@ class CPULinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def _no_hooks(*mods: nn.Module) -> bool:
+    return (not _nn_module._global_forward_hooks and not _nn_module._global_forward_pre_hooks
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
+
+
+def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``classifier(flatten(adaptive_avg_pool2d(features(x), 1)))`` with the last feature layer (1x1 conv +
+    ReLU6) and the pool as one op (torch.ops.mnv2.dense_relu6_mean), or None when that does not apply
+    (then nothing has run)."""
+    feats = getattr(model, "features", None)
+    if (torch.is_grad_enabled() or not _plain_cpu_f32(x) or not isinstance(feats, nn.Sequential)
+            or len(feats) < 2 or type(feats[-1]) is not CPUFoldedConvBNAct or not _no_hooks(feats, feats[-1])):
+        return None
+    head = feats[-1]
+    h = x
+    for mod in list(feats)[:-1]:
+        h = mod(h)
+    st = head._fused_structure(h) if _plain_cpu_f32(h) else None
+    if st is None or st.plan.activation != "relu6" or _conv_kind(st.targets[0]) != "1x1":
+        h = head(h)  # the layer as it is (same result as the original forward from here on)
+        return model.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+    w, b = head._folded(st, h.dtype, h.device).folded
+    return model.classifier(torch.ops.mnv2.dense_relu6_mean(h, w, b))
+
+
+class _PooledHeadForward:
+    """Mixin for MobileNetV2 classes whose forward is features -> global average pool -> flatten ->
+    classifier: the head convolution and the pool run as one op on float32 CPU inputs without gradients
+    (the 1280-channel map never reaches memory, and no OpenMP region runs for the pool); anything else runs
+    the class's own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _pooled_head_forward(self, x)
+        return super().forward(x) if y is None else y
+
+
+from .models.mobilenet_v2 import MobileNetV2 as _MNV2  # noqa: E402
+
+
+class PooledHeadMobileNetV2(_PooledHeadForward, _MNV2):
+    """mnv2_kernels.models.MobileNetV2 with the head + pool fused on the CPU (set by use_cpu_kernels)."""
+
+
+_POOLED_HEAD_CLASSES = {_MNV2: PooledHeadMobileNetV2}
+try:
+    from torchvision.models import MobileNetV2 as _TVMNV2
+
+    class PooledHeadTorchvisionMobileNetV2(_PooledHeadForward, _TVMNV2):
+        """torchvision's MobileNetV2 with the head + pool fused on the CPU (set by use_cpu_kernels)."""
+
+    _POOLED_HEAD_CLASSES[_TVMNV2] = PooledHeadTorchvisionMobileNetV2
+except ImportError:  # torchvision is optional
+    pass
+
+
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
-    """Turns ``model``'s FoldedConvBNAct and nn.Linear modules into CPUFoldedConvBNAct / CPULinear, in place
-    (the class only: parameters, buffers, hooks and state-dict keys stay). Returns ``model``. A no-op when the
-    CPU extension is not built."""
+    """Turns ``model``'s FoldedConvBNAct and nn.Linear modules into CPUFoldedConvBNAct / CPULinear and a
+    MobileNetV2 (this package's or torchvision's) into its pooled-head subclass, in place (the class only:
+    parameters, buffers, hooks and state-dict keys stay). Returns ``model``. A no-op when the CPU extension
+    is not built."""
     if not _HAVE_OPS:
         return model
     for m in model.modules():
@@ -123,4 +189,6 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
             m.__class__ = CPUFoldedConvBNAct
         elif type(m) is nn.Linear:
             m.__class__ = CPULinear
+        elif type(m) in _POOLED_HEAD_CLASSES:
+            m.__class__ = _POOLED_HEAD_CLASSES[type(m)]
     return model

@@ -422,16 +422,38 @@ def test_fused_mobilenet_v2_runs_stem_head_and_classifier_on_the_kernel():
     state dict keeps its keys; the output matches the original model."""
     from mnv2_kernels import fuse
     from mnv2_kernels.models import mobilenet_v2
-    from mnv2_kernels.stem_head import CPUFoldedConvBNAct, CPULinear
+    from mnv2_kernels.stem_head import CPUFoldedConvBNAct, CPULinear, PooledHeadMobileNetV2
     from mnv2_kernels.testing import randomize_bn_
     torch.manual_seed(0)
     m0 = randomize_bn_(mobilenet_v2()).eval()
     m = fuse(m0)
     assert isinstance(m.features[0], CPUFoldedConvBNAct) and isinstance(m.features[18], CPUFoldedConvBNAct)
-    assert isinstance(m.classifier[1], CPULinear)
+    assert isinstance(m.classifier[1], CPULinear) and isinstance(m, PooledHeadMobileNetV2)
     assert list(m.state_dict()) == list(m0.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         ref = m0(x)
         y = m(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        # a hook on the head: the pooled head steps aside, the hook sees the 1280-channel map
+        seen = []
+        h = m.features[18].register_forward_hook(lambda mod, a, out: seen.append(out.shape))
+        try:
+            y2 = m(x)
+        finally:
+            h.remove()
+        assert seen == [torch.Size([2, 1280, 2, 2])]
+        torch.testing.assert_close(y2, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+
+
+def test_dense_relu6_mean_matches_conv_relu6_pool():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 40, 7, 5, generator=g)
+    w = torch.randn(100, 40, generator=g) / 40 ** 0.5
+    b = torch.randn(100, generator=g)
+    ref = F.conv2d(x.double(), w.double()[:, :, None, None], b.double()).clamp(0, 6).mean((2, 3))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        check_close(torch.ops.mnv2.dense_relu6_mean(x.contiguous(memory_format=layout), w, b), ref, torch.float32)
+    x[1, 3, 2, 2] = float("nan")
+    y = torch.ops.mnv2.dense_relu6_mean(x, w, b)
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()

@@ -57,6 +57,9 @@ struct KernelTable {
   void (*dense_pack)(float* dst, const float* w, const float* b, int64_t K, int64_t Ncols);
   bool (*dense_run)(const float* x, float* out, int64_t M, int64_t K, int64_t Ncols, bool relu6,
                     const float* packed, int nthreads);
+  // Head + global average pool: x [N, HW, K] -> out [N, Ncols] = mean_p relu6(x[n, p] . w^T + b); dense_pack.
+  bool (*dense_relu6_mean_run)(const float* x, float* out, int64_t N, int64_t HW, int64_t K, int64_t Ncols,
+                               const float* packed, int nthreads);
 };
 
 const KernelTable* avx2_kernel();    // nullptr when the compiler could not build it

@@ -325,12 +325,46 @@ at::Tensor dense_bias_act_cpu(const at::Tensor& x, const at::Tensor& w_in, const
   return out_cl || x.dim() == 2 ? out : out.contiguous();
 }
 
+// mnv2::dense_relu6_mean: y[n, c] = mean_{h,w} relu6(conv1x1(x, w, b))[n, c, h, w], the head of MobileNetV2
+// and its global average pool in one pass (the [N, Ncols, H, W] map is never stored). x [N, K, H, W],
+// w [Ncols, K] (or [Ncols, K, 1, 1]), b [Ncols]; float32 CPU. Returns [N, Ncols].
+at::Tensor dense_relu6_mean_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const char* op = "dense_relu6_mean";
+  check_f32_cpu(op, "x", x);
+  check_f32_cpu(op, "w", w);
+  check_f32_cpu(op, "b", b);
+  TORCH_CHECK_VALUE(x.dim() == 4, "mnv2.", op, ": x must be [N, K, H, W], got ", x.sizes());
+  const int64_t N = x.size(0), K = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK_VALUE((w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) && w.size(1) == K,
+                    "mnv2.", op, ": w must be [Ncols, ", K, "] (or [Ncols, ", K, ", 1, 1]), got ", w.sizes());
+  const int64_t Ncols = w.size(0);
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == Ncols, "mnv2.", op, ": b must be [", Ncols, "], got ",
+                    b.sizes());
+  TORCH_CHECK_VALUE(HW >= 1, "mnv2.", op, ": x must have H, W >= 1, got ", x.sizes());
+  at::Tensor out = at::empty({N, Ncols}, x.options());
+  if (N == 0) return out;
+  const cpu::KernelTable* k = kernel();
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor packed = pack_cache().get({&w, &b, nullptr, nullptr, nullptr, nullptr},
+                                             {2, K, Ncols, 0, 0, 0, (int64_t)(intptr_t)k, 0}, [&] {
+    const at::Tensor wc = w.contiguous(), bc = b.contiguous();
+    at::Tensor p = packed_buffer(k->dense_packed_floats(K, Ncols));
+    k->dense_pack(p.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(), K, Ncols);
+    return p;
+  });
+  const bool ok = k->dense_relu6_mean_run(xc.data_ptr<float>(), out.data_ptr<float>(), N, HW, K, Ncols,
+                                          packed.data_ptr<float>(), at::get_num_threads());
+  TORCH_CHECK(ok, "mnv2.", op, ": out of memory allocating scratch (H*W*96 floats per thread)");
+  return out;
+}
+
 }  // namespace mnv2
 
 TORCH_LIBRARY_IMPL(mnv2, CPU, m) {
   m.impl("inverted_residual", &mnv2::inverted_residual_cpu);
   m.impl("conv3x3_bias_act", &mnv2::conv3x3_bias_act_cpu);
   m.impl("dense_bias_act", &mnv2::dense_bias_act_cpu);
+  m.impl("dense_relu6_mean", &mnv2::dense_relu6_mean_cpu);
 }
 
 // torch.ops.mnv2.cpu_isa() -> str: the same as mnv2_kernels._C.cpu_isa().
@@ -339,6 +373,7 @@ TORCH_LIBRARY_FRAGMENT(mnv2, m) {
   m.def("cpu_isa() -> str", &mnv2::cpu_isa);
   m.def("conv3x3_bias_act(Tensor x, Tensor w, Tensor b, int stride, bool relu6) -> Tensor");
   m.def("dense_bias_act(Tensor x, Tensor w, Tensor b, bool relu6) -> Tensor");
+  m.def("dense_relu6_mean(Tensor x, Tensor w, Tensor b) -> Tensor");
 }
 
 // `import mnv2_kernels._C` loads the library (and the registrations above); it also exposes the ISA choice.

@@ -771,4 +771,43 @@ bool dense_run(const float* x, float* out, int64_t M, int64_t K, int64_t Ncols, 
   return true;
 }
 
+// Head + global average pool: out[n, c] = mean over the HW pixels of relu6(x[n, p, :] . W[c, :] + b[c]).
+// x: [N, HW, K] fp32 (NHWC pixels), out: [N, Ncols]; packed as dense_pack. Units: (image, 6 column strips);
+// the [HW, 6*kVec] block of activations lives in the thread's scratch only (never in memory as a map).
+bool dense_relu6_mean_run(const float* x, float* out, int64_t N, int64_t HW, int64_t K, int64_t Ncols,
+                          const float* packed, int nthreads) {
+  const int64_t Np = round_up(Ncols, kVec), strips = Np / kVec;
+  const float* pw = packed + 16;
+  const float* pb = pw + round_up(Np * K, 16);
+  constexpr int64_t kStripBlock = 6;
+  const int64_t cb = (strips + kStripBlock - 1) / kStripBlock;
+  const int64_t ldt = kStripBlock * kVec;  // row stride of the activation block
+  std::atomic<bool> oom{false};
+  auto unit_fn = [&](int64_t u) {
+    const int64_t n = u / cb;
+    const int64_t j0 = (u % cb) * kStripBlock, j1 = std::min(strips, j0 + kStripBlock);
+    const int64_t c0 = j0 * kVec, ncols = std::min(Ncols, j1 * kVec) - c0;
+    const int64_t n_t = round_up(HW * ldt, 16);
+    float* t = thread_scratch().get(n_t + round_up(2 * HW * (int64_t)(sizeof(void*) / sizeof(float)), 16));
+    if (t == nullptr) {
+      oom.store(true);
+      return;
+    }
+    const float** pa = reinterpret_cast<const float**>(t + n_t);
+    float** pc = reinterpret_cast<float**>(t + n_t) + HW;
+    for (int64_t p = 0; p < HW; ++p) {
+      pa[p] = x + (n * HW + p) * K;
+      pc[p] = t + p * ldt;
+    }
+    gemm_rows<true, false>(HW, K, ncols, pa, pw + j0 * K * kVec, pb + c0, pc, nullptr);
+    for (int64_t c = 0; c < ncols; ++c) {
+      float acc = 0.f;
+      for (int64_t p = 0; p < HW; ++p) acc += t[p * ldt + c];
+      out[n * Ncols + c0 + c] = acc / (float)HW;
+    }
+  };
+  ::mnv2::cpu::parallel_units(N * cb, nthreads, unit_fn);
+  return !oom.load();
+}
+
 }  // namespace
