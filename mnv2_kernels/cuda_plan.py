@@ -17,7 +17,7 @@ from __future__ import annotations
 # --- constants of inverted_residual_cuda.cu (checked against the source by tests/test_cuda_emulation.py)
 WARPS = 8
 THREADS = WARPS * 32
-PX = 4                      # output pixels per depthwise work item
+PX = 7                      # output pixels per depthwise work item
 MAX_STEP_PIXELS = 256       # R * Wo <= this (unless R == 1)
 CHUNK = 96                  # hidden channels per chunk in chunk mode
 BUDGET2 = 113 * 1024        # shared memory per CTA for 2 CTAs per SM

@@ -10,8 +10,8 @@
 //        stored with 16-byte stores into a ring of RR expanded rows (sRing). Without an expand conv the ring
 //        gets the input channels themselves. Rows outside the image are never stored: the depthwise selects 0
 //        for them (the padding lives in the expanded, activated space);
-//        depthwise 3x3 (stride S) from register sliding windows: a thread computes 4 output pixels x 8 channels
-//        from the 3 x (3S+3) input vectors it needs, fp32 accumulation, + bias, ReLU6, rounded to the I/O dtype
+//        depthwise 3x3 (stride S) from register sliding windows: a thread computes 7 output pixels x 8 channels
+//        from the 3 x (6S+3) input vectors it needs, fp32 accumulation, + bias, ReLU6, rounded to the I/O dtype
 //        (as eager PyTorch does before the project conv) -> sDW [R*Wo pixels x ChidP];
 //   3. project GEMM [R*Wo x ChidP] x [ChidP x Cout] on tensor cores, + bias (+ residual, read from x), 16-byte
 //      NHWC stores.
@@ -42,7 +42,7 @@ namespace {
 // Keep these in step with mnv2_kernels/cuda_plan.py (a CPU test compares the two plans).
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kPX = 4;               // output pixels per depthwise work item
+constexpr int kPX = 7;               // output pixels per depthwise work item (MobileNet widths are multiples of 7)
 constexpr int kMaxStepPixels = 256;  // R * Wo <= this (unless R == 1)
 constexpr int kChunk = 96;           // hidden channels per chunk in chunk mode
 constexpr int64_t kBudget2 = 113 * 1024;  // shared memory per CTA for 2 CTAs per SM (228 KB SM, 1 KB reserved)
@@ -630,11 +630,11 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
 // ---------------------------------------------------------------------------------------------------------
 // Kernel
 
-// Two CTAs per SM (128 registers) on sm_90; on sm_80 the stride-2 instantiation needs a few more registers than 128
-// (ptxas spills otherwise), so it is built for one CTA per SM there: the persistent grid still covers every work
+// Two CTAs per SM (128 registers) on sm_90; sm_80's ptxas needs a few more than 128 registers for this kernel
+// (it spills otherwise), so it is built for one CTA per SM there: the persistent grid still covers every work
 // item (grid-stride loop), a second CTA per SM just waits for a slot.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define MNV2_MIN_CTAS(S) ((S) == 1 ? 2 : 1)
+#define MNV2_MIN_CTAS(S) 1
 #else
 #define MNV2_MIN_CTAS(S) 2
 #endif
