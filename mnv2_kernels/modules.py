@@ -47,7 +47,8 @@ def _geometry(m: nn.Module) -> tuple:
     """The non-tensor attributes of a folded-from module that change what it computes (eps, conv geometry)."""
     if isinstance(m, nn.Conv2d):
         return (m.stride, m.padding, m.dilation, m.groups, m.padding_mode)
-    return (getattr(m, "eps", None), getattr(m, "track_running_stats", None))
+    return (getattr(m, "eps", None), getattr(m, "track_running_stats", None), m._buffers.get("running_var") is None,
+            m._buffers.get("running_mean") is None)
 
 
 # Layers that compute the same in training and eval mode (a freshly built Conv2d is in training mode).

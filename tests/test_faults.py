@@ -212,6 +212,16 @@ def test_replaced_by_something_not_fusable_runs_the_original_and_says_so():
         fused.folded(torch.float32)
 
 
+def test_running_statistics_removed_after_fusing():
+    original, fused = _twins()
+    x = _x()
+    for m in (original, fused):
+        m.conv[-1].running_mean = None
+        m.conv[-1].running_var = None
+    with pytest.warns(mk.FusedPathWarning, match="no running statistics"):
+        _same(fused, original, x)
+
+
 @pytest.mark.parametrize("attr", ["eps", "dw_stride"])
 def test_attribute_changes_refold_or_rerecognise(attr):
     original, fused = _twins()
