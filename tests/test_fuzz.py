@@ -14,6 +14,7 @@ GPU check script runs (`pytest tests/test_fuzz.py -k cuda`). A failure names the
 Times on this project's 2-core CPU machine (busy, wall): CPU kernel 3 s (op) + 6 s (modules), reference
 3 + 3 s, Triton interpreter 120 s (op) + 12 s (modules); `pytest tests/test_fuzz.py --durations=0`.
 """
+import copy
 import random
 
 import pytest
@@ -193,9 +194,9 @@ def test_fuzz_fused_module_against_the_original(backend: str, device: str):
         x = _layout(torch.randn(cfg["n"], cfg["cin"], cfg["h"], cfg["w"],
                                 generator=torch.Generator().manual_seed(seed)), cfg["layout"])
         try:
-            fused, report = mk.fuse(nn.Sequential(original).eval(), backend=backend, return_report=True)
+            model = nn.Sequential(copy.deepcopy(original)).to(device, dtype).eval()
+            fused, report = mk.fuse(model, backend=backend, return_report=True, inplace=True)
             assert len(report.fused) == 1, str(report)
-            fused = fused.to(device, dtype)
             with torch.no_grad():
                 y = fused(x.to(device, dtype))
                 ref = original(x)
