@@ -166,7 +166,8 @@ def disassemble(cubin, nvdisasm, src_path):
             continue
         if line.lstrip().startswith("//## File"):
             if base in line:  # consecutive comments describe the next instruction: innermost chain first
-                nums = [int(v) for v in re.findall(r"line (\d+)", line)]
+                # only this file's lines (a header's line numbers, e.g. cuda_fp16.hpp, would be misread)
+                nums = [int(n) for f, n in re.findall(r'"([^"]+)", line (\d+)', line) if os.path.basename(f) == base]
                 cur_lines = (cur_lines + nums) if in_comments else nums
                 in_comments = True
             continue

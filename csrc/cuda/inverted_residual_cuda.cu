@@ -274,7 +274,12 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* p) {
                : "r"(smem_addr(p)));
 }
 __device__ __forceinline__ uint4 lds16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ void sts16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+// One 16-byte shared store (inline PTX: the front end otherwise splits some of these into four 4-byte stores).
+// Ordering against other threads' reads comes from __syncthreads, as for plain stores.
+__device__ __forceinline__ void sts16(void* p, uint4 v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(p)), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w));
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Kernel parameters (filled by the launcher from the plan)
