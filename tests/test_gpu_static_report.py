@@ -135,7 +135,7 @@ def test_baseline_covers_every_block_and_has_coefficients():
         base = json.load(f)
     assert set(base["coefficients"]) == set(model.FEATURES)
     names = {b["name"] for b in repo.mobilenet_v2_blocks()}
-    fp16 = {(b["block"], b["variant"].split("-")[0]) for b in base["blocks"] if b["dtype"] == "fp16"}
+    fp16 = {(b["block"], b.get("backend") or b["variant"].split("-")[0]) for b in base["blocks"] if b["dtype"] == "fp16"}
     for backend in {v for _, v in fp16}:
         assert {b for b, v in fp16 if v == backend} == names, f"baseline misses blocks of {backend}"
     assert all(b["time_us"] > 0 for b in base["blocks"])
