@@ -4,7 +4,7 @@ Persistent grid: program ``pid`` owns a contiguous range of work items, item = (
 rows); consecutive items of a program are, mostly, consecutive bands of one image. Each program keeps two
 private scratch buffers in global memory, small enough that the whole grid's scratch stays in L2:
 
-    ring[pid]  [RING, W + 2, CHS] float32: the expanded, activated input rows of the current band (row iy in
+    ring[pid]  [RING, W + 2, CHS] in x's dtype (as eager rounds h): the expanded, activated input rows of the current band (row iy in
                slot iy % RING, column ix at ix + 1; columns 0 and W + 1 and the rows -1 and H outside the
                image hold zeros); each input row is expanded once per image and program (a program's first
                band of an image also expands the band's halo rows)
@@ -23,8 +23,8 @@ Per item:
             y = sum over chunks dbuf[:, chunk] @ w_project[co, chunk].T + b_project (+ x)           # tl.dot
         barrier (before dbuf or ring slots are overwritten)
 
-No tl.gather and no recompute: the 9 depthwise taps are plain shifted float32 loads from the ring (L1/L2
-hits, no masks, no conversions), and both 1x1 convolutions are tl.dot on operands loaded from memory (wgmma
+No tl.gather and no recompute: the 9 depthwise taps are plain shifted loads from the ring (L1/L2 hits, no
+masks; float32 accumulation), and both 1x1 convolutions are tl.dot on operands loaded from memory (wgmma
 on sm_90 for tiles of >= 64 pixels). Out-of-image taps read the ring's zero border, written as 0 (a select,
 never a product): the zero padding applies to the activated expanded tensor (relu6(b_expand) never leaks in)
 and a NaN/Inf in x reaches exactly the outputs PyTorch's block reaches. ReLU6 propagates NaN like torch.nn.functional.relu6; padded channels are
@@ -79,7 +79,7 @@ def inverted_residual_ring_kernel(
     wp_ptr,         # [COUT, CHID] contiguous, dtype T
     bp_ptr,         # [COUT], dtype T
     y_ptr,          # [N, HO, WO, COUT] NHWC contiguous (output in channels_last), dtype T
-    ring_ptr,       # [programs, RING, W + 2, CHS] float32 scratch, < 2^31 elements a program (unused when
+    ring_ptr,       # [programs, RING, W + 2, CHS] scratch in x's dtype, < 2^31 elements a program (unused when
                     #   HAS_EXPAND is False)
     dbuf_ptr,       # [programs, BLOCK_PB, CHS] scratch, dtype T
     H, W,           # int: input height, width (>= 1)
@@ -106,6 +106,7 @@ def inverted_residual_ring_kernel(
     DOT_PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee" (exact) or "tf32"
 ):
     pid = tl.program_id(0)
+    RING_T: tl.constexpr = ring_ptr.dtype.element_ty
     WS = W + 2                                                   # ring row width (zero border columns)
     ring = ring_ptr + pid.to(tl.int64) * RING * WS * CHS         # this program's ring (int32 offsets inside)
     dbuf = dbuf_ptr + pid.to(tl.int64) * (BLOCK_PB * CHS)        # this program's depthwise tile
@@ -121,7 +122,7 @@ def inverted_residual_ring_kernel(
         zb = tl.arange(0, BORDER)
         zb_off = ((zb // 2) * WS + (zb % 2) * (W + 1)) * CHS
         for c0 in range(0, CHS, CHUNK):
-            tl.store(ring + zb_off[:, None] + (c0 + c_ar)[None, :], tl.zeros((BORDER, CHUNK), dtype=tl.float32),
+            tl.store(ring + zb_off[:, None] + (c0 + c_ar)[None, :], tl.zeros((BORDER, CHUNK), dtype=RING_T),
                      mask=(zb < 2 * RING)[:, None])
 
     prev_n = -1     # image of the previous item
@@ -170,7 +171,7 @@ def inverted_residual_ring_kernel(
                     # Rows outside the image and padded channels are exactly 0 (a select: an inf in x times a
                     # 0 weight is NaN).
                     h = tl.where(in_ok[:, None] & c_ok[None, :], _relu6(h + b[None, :]), 0.0)
-                    tl.store(ring + s_off[:, None] + c[None, :], h, mask=qa_ok[:, None])
+                    tl.store(ring + s_off[:, None] + c[None, :], h.to(RING_T), mask=qa_ok[:, None])
             tl.debug_barrier()                        # the band's rows, written by all threads, are visible
         prev_n = n
         hi = r1
@@ -195,7 +196,7 @@ def inverted_residual_ring_kernel(
                         row_ptr = ring + ((((ry + RING) % RING) * WS + ix + 1) * CHS)[:, None] + c[None, :]
                     for kx in tl.static_range(3):
                         if HAS_EXPAND:
-                            hv = tl.load(row_ptr + kx * CHS)                                   # [BLOCK_PB, CHUNK]
+                            hv = tl.load(row_ptr + kx * CHS).to(tl.float32)                    # [BLOCK_PB, CHUNK]
                         else:
                             rx = ix + kx
                             ok = (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)                  # [BLOCK_PB]
@@ -226,7 +227,7 @@ def inverted_residual_chunk_kernel(
     wp_ptr,         # [COUT, CHID] contiguous, dtype T
     bp_ptr,         # [COUT], dtype T
     y_ptr,          # [N, HO, WO, COUT] NHWC contiguous (output in channels_last), dtype T
-    ring_ptr,       # [programs, RING, W + 2, CHUNK] float32 scratch (unused when HAS_EXPAND is False)
+    ring_ptr,       # [programs, RING, W + 2, CHUNK] scratch in x's dtype (unused when HAS_EXPAND is False)
     dbuf_ptr,       # [programs, BLOCK_PB, CHS] scratch, dtype T
     H, W,           # int: input height, width (>= 1)
     HO, WO,         # int: output height, width; HO * WO <= BLOCK_PB
@@ -257,6 +258,7 @@ def inverted_residual_chunk_kernel(
 
     so the scratch per program is RING * (W + 2) * CHUNK floats plus dbuf, independent of CHID."""
     pid = tl.program_id(0)
+    RING_T: tl.constexpr = ring_ptr.dtype.element_ty
     WS = W + 2
     ring = ring_ptr + pid.to(tl.int64) * RING * WS * CHUNK
     dbuf = dbuf_ptr + pid.to(tl.int64) * (BLOCK_PB * CHS)
@@ -270,7 +272,7 @@ def inverted_residual_chunk_kernel(
         # Zero the whole ring once: its border (halo rows and columns) is never written again.
         for z0 in range(0, RING * WS, BLOCK_PA):
             zq = z0 + qa_ar
-            tl.store(ring + zq[:, None] * CHUNK + c_ar[None, :], tl.zeros((BLOCK_PA, CHUNK), dtype=tl.float32),
+            tl.store(ring + zq[:, None] * CHUNK + c_ar[None, :], tl.zeros((BLOCK_PA, CHUNK), dtype=RING_T),
                      mask=(zq < RING * WS)[:, None])
         tl.debug_barrier()
 
@@ -306,13 +308,13 @@ def inverted_residual_chunk_kernel(
                     b = tl.load(be_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
                     # Padded channels are exactly 0 (a select: an inf in x times a 0 weight is NaN).
                     h = tl.where(c_ok[None, :], _relu6(h + b[None, :]), 0.0)
-                    tl.store(ring + s_off[:, None] + c_ar[None, :], h, mask=qa_ok[:, None])
+                    tl.store(ring + s_off[:, None] + c_ar[None, :], h.to(RING_T), mask=qa_ok[:, None])
                 tl.debug_barrier()                    # the chunk, written by all threads, is visible
             d = tl.zeros((BLOCK_PB, CHUNK), dtype=tl.float32)
             for ky in tl.static_range(3):
                 for kx in tl.static_range(3):
                     if HAS_EXPAND:
-                        hv = tl.load(ring + (tap0 + (ky * WS + kx) * CHUNK)[:, None] + c_ar[None, :])
+                        hv = tl.load(ring + (tap0 + (ky * WS + kx) * CHUNK)[:, None] + c_ar[None, :]).to(tl.float32)
                     else:
                         ry = oy * STRIDE - 1 + ky
                         rx = ox * STRIDE - 1 + kx

@@ -22,10 +22,10 @@ _VARIANTS = ("auto", "ring", "chunk")
 _FP32_PRECISIONS = ("ieee", "tf32")
 
 # Persistent grid: at most _PROGRAMS_PER_SM programs per SM, and no more programs than keep the whole grid's
-# scratch rings within _L2_SCRATCH_BYTES (an H100/H200 has a 50 MB L2; the rest is left for the streamed input
-# and output). _H200_SMS is the SM count static_plans assumes (the launcher asks the device).
+# scratch within _L2_SCRATCH_BYTES (an H100/H200 has a 50 MB L2; the rest is left for the streamed input and
+# output). _H200_SMS is the SM count static_plans assumes (the launcher asks the device).
 _PROGRAMS_PER_SM = 2
-_L2_SCRATCH_BYTES = 24 << 20
+_L2_SCRATCH_BYTES = 32 << 20
 _H200_SMS = 132
 # Programs of the interpreter's persistent grid (CPU tensors): a few, so the CPU tests exercise programs that
 # carry their ring across bands and images.
@@ -75,6 +75,8 @@ def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, ha
     # Channel chunks of 32, or 16 where 32 would pad the hidden channels (144 = 9 x 16) or the tile is 128
     # pixels wide (register pressure of the 9 unrolled taps).
     chunk = 32 if chid % 32 == 0 and block_pb <= 64 else 16
+    if chid >= 384 and chid % 64 == 0 and block_pb <= 64:
+        chunk = 64                              # wide blocks: fewer, fuller steps (wgmma N = 64)
     chs = _cdiv(chid, chunk) * chunk
     block_k = max(16, _next_pow2(cin)) if cin <= 64 else 32
     k_steps = _cdiv(cin, block_k)
@@ -121,17 +123,17 @@ def _chosen_variant(cin: int, chid: int, cout: int, h: int, w: int, stride: int,
 
 
 def _scratch_bytes(variant: str, cfg: _Config, w: int, itemsize: int, has_expand: bool) -> int:
-    """Scratch of one program: its ring (float32) and its depthwise tile (x's dtype)."""
-    ring = cfg.ring * (w + 2) * (cfg.chs if variant == "ring" else cfg.chunk) * 4 if has_expand else 0
+    """Scratch of one program: its ring and its depthwise tile (both in x's dtype)."""
+    ring = cfg.ring * (w + 2) * (cfg.chs if variant == "ring" else cfg.chunk) * itemsize if has_expand else 0
     return ring + cfg.block_pb * cfg.chs * itemsize
 
 
 def _programs(items: int, scratch_bytes: int, sms: int, per_sm: int) -> int:
-    """Persistent grid size: <= per_sm programs per SM, scratch of the grid within _L2_SCRATCH_BYTES (but at
-    least one program per SM), no program without items."""
-    cap = min(sms * per_sm, max(sms, _L2_SCRATCH_BYTES // max(1, scratch_bytes)))
-    per = _cdiv(items, max(1, min(items, cap)))
-    return _cdiv(items, per)
+    """Persistent grid size: the same number of programs on every SM (k * sms; programs get equal item counts,
+    so an SM with one program more would take that much longer), k <= per_sm and the grid's scratch within
+    _L2_SCRATCH_BYTES (k >= 1); never more programs than items."""
+    k = max(1, min(per_sm, _L2_SCRATCH_BYTES // max(1, scratch_bytes * sms)))
+    return max(1, min(items, k * sms))
 
 
 def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
@@ -143,6 +145,13 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     bands = _cdiv(ho, cfg.rows)
     items = n * bands
     programs = _programs(items, _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand), sms, per_sm)
+    if programs <= sms and per_sm > 1:
+        # One program per SM (the L2 budget allows no more): 8 warps, so that each scheduler has two to
+        # switch between while the other waits on memory.
+        cfg = cfg._replace(num_warps=8)
+    elif variant == "chunk" and cfg.chunk == 64:
+        # 64-channel steps of the chunk kernel at 4 warps spill in the sm_90a build (block 14): 32.
+        cfg = cfg._replace(chunk=32, chs=_cdiv(chid, 32) * 32)
     ints = dict(H=h, W=w, HO=ho, WO=wo, BANDS=bands, ITEMS=items, ITEMS_PER_PROG=_cdiv(items, programs))
     consts = dict(CIN=cin, CHID=chid, COUT=cout, CHS=cfg.chs, STRIDE=stride, R=cfg.rows, RING=cfg.ring,
                   BLOCK_PA=cfg.block_pa, BLOCK_PB=cfg.block_pb, CHUNK=cfg.chunk,
@@ -204,7 +213,7 @@ def static_plans(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride:
         cfg, programs, ints, consts, kernel = _launch_params(variant, N, Cin, Chid, Cout, H, W, stride,
                                                              has_expand, residual, dtype, _H200_SMS)
         args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wp_ptr", "bp_ptr", "y_ptr", "dbuf_ptr")}
-        args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr="ptr:fp32")
+        args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr=ptr)
         args.update(ints)
         plans.append(dict(name="triton-" + variant, chosen=variant == chosen, backend="triton", programs=programs,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -302,8 +311,8 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
         b_dw_p = torch.zeros((cfg.chs,), dtype=torch.float32, device=x.device)
         b_dw_p[:d.Chid] = b_dw
         ring_ch = cfg.chs if variant == "ring" else cfg.chunk
-        ring = (torch.empty((programs, cfg.ring, d.W + 2, ring_ch), dtype=torch.float32, device=x.device)
-                if d.has_expand else torch.empty((1,), dtype=torch.float32, device=x.device))
+        ring = (torch.empty((programs, cfg.ring, d.W + 2, ring_ch), dtype=x.dtype, device=x.device)
+                if d.has_expand else torch.empty((1,), dtype=x.dtype, device=x.device))
         dbuf = torch.empty((programs, cfg.block_pb, cfg.chs), dtype=x.dtype, device=x.device)
         with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
             kernel[(programs,)](
