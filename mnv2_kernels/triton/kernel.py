@@ -1,13 +1,20 @@
-"""Triton kernel of the fused MobileNetV2 inverted-residual block (docs/CONTRACT.md): the "ring" design.
+"""Triton kernels of the fused MobileNetV2 inverted-residual block (docs/CONTRACT.md).
+
+Two variants (the launcher, mnv2_kernels/triton/launcher.py, picks one per shape):
+  inverted_residual_ring_kernel   any shape: bands of output rows, a ring of expanded input rows (below)
+  inverted_residual_chunk_kernel  output images of <= 64 pixels (7x7 blocks): one image per item, the ring
+                                  holds one chunk of expanded channels of the whole image at a time
+
+The "ring" design:
 
 Persistent grid: program ``pid`` owns a contiguous range of work items, item = (image n, band of R output
 rows); consecutive items of a program are, mostly, consecutive bands of one image. Each program keeps two
 private scratch buffers in global memory, small enough that the whole grid's scratch stays in L2:
 
-    ring[pid]  [RING, W + 2, CHS] in x's dtype (as eager rounds h): the expanded, activated input rows of the current band (row iy in
-               slot iy % RING, column ix at ix + 1; columns 0 and W + 1 and the rows -1 and H outside the
-               image hold zeros); each input row is expanded once per image and program (a program's first
-               band of an image also expands the band's halo rows)
+    ring[pid]  [RING, W + 2, CHS] in x's dtype (eager rounds h so too): the expanded, activated input rows
+               of the current band (row iy in slot iy % RING, column ix at ix + 1; columns 0 and W + 1 and
+               the rows -1 and H outside the image hold zeros); each input row is expanded once per image
+               and program (a program's first band of an image also expands the band's halo rows)
     dbuf[pid]  [BLOCK_PB, CHS] in x's dtype: the depthwise output of the current tile (the project's operand)
 
 Per item:
@@ -27,9 +34,9 @@ No tl.gather and no recompute: the 9 depthwise taps are plain shifted loads from
 masks; float32 accumulation), and both 1x1 convolutions are tl.dot on operands loaded from memory (wgmma
 on sm_90 for tiles of >= 64 pixels). Out-of-image taps read the ring's zero border, written as 0 (a select,
 never a product): the zero padding applies to the activated expanded tensor (relu6(b_expand) never leaks in)
-and a NaN/Inf in x reaches exactly the outputs PyTorch's block reaches. ReLU6 propagates NaN like torch.nn.functional.relu6; padded channels are
-selected to 0, never multiplied by 0. Without an expand conv the taps read x directly. Offsets that can pass
-2^31 elements (N * H * W * C) are int64.
+and a NaN/Inf in x reaches exactly the outputs PyTorch's block reaches. ReLU6 propagates NaN like
+torch.nn.functional.relu6; padded channels are selected to 0, never multiplied by 0. Without an expand conv
+the taps read x directly. Offsets that can pass 2^31 elements (N * H * W * C) are int64.
 """
 import triton
 import triton.language as tl
