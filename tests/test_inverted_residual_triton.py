@@ -382,6 +382,8 @@ def precompiled():
 
 
 def check_gpu(backend, args, dtype):
+    if backend == "cuda" and dtype == torch.float32:  # (issue 10 helper) the CUDA kernel serves fp16 / bf16 only
+        pytest.skip("the CUDA kernel serves float16 and bfloat16 (mnv2_kernels/backends.py); float32 runs on triton")
     with torch.no_grad():
         y = backend_fn(backend)(*args)
         torch.cuda.synchronize()
