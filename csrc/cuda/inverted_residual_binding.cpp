@@ -55,6 +55,9 @@ at::Tensor inverted_residual_cuda(const at::Tensor& x, const c10::optional<at::T
   // The kernel takes channel counts that are multiples of 8 (16-byte vectors): odd counts are zero-padded here
   // (the kernel forces padded hidden channels to 0, so a NaN cannot leak through them) and the output sliced.
   const int64_t cin8 = round8(d.Cin), chid8 = d.has_expand ? round8(d.Chid) : cin8, cout8 = round8(d.Cout);
+  TORCH_CHECK(d.H * d.W <= int64_t(INT32_MAX), "mnv2.inverted_residual: the CUDA kernel indexes the pixels of one ",
+              "image with 32-bit integers, got a ", d.H, "x", d.W, " image (more than 2^31 - 1 pixels); use ",
+              "backend='triton' or split the image");
   const auto* props = at::cuda::getCurrentDeviceProperties();
   mnv2_ir_plan plan;
   mnv2_ir_cuda_plan(d.N, cin8, chid8, cout8, d.H, d.W, int(stride), d.has_expand ? 1 : 0,

@@ -748,7 +748,8 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
                                            int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real,
                                            int64_t Cout8, int stride, int residual, cudaStream_t stream) {
   if (dtype != MNV2_DTYPE_FLOAT16 && dtype != MNV2_DTYPE_BFLOAT16) return cudaErrorInvalidValue;
-  if (N < 0 || H < 1 || W < 1 || H > (int64_t(1) << 24) || W > (int64_t(1) << 24)) return cudaErrorInvalidValue;
+  // in-kernel pixel indices within one image are int: H * W (and Ho * Wo) < 2^31
+  if (N < 0 || H < 1 || W < 1 || H * W > int64_t(INT32_MAX)) return cudaErrorInvalidValue;
   if (Cin8 % 8 || Chid8 % 8 || Cout8 % 8 || Cin8 < 8 || Chid8 < 8 || Cout8 < 8 || chid_real < 1 ||
       chid_real > Chid8 || Cout8 > kMaxChannels)
     return cudaErrorInvalidValue;
