@@ -99,6 +99,8 @@ def test_fused(benchmark, setup):
     with torch.no_grad():
         benchmark.pedantic(torch.ops.mnv2.inverted_residual, args=(x, *args, STRIDE, RESIDUAL), rounds=10,
                            warmup_rounds=1)
+    benchmark.extra_info["cpu_isa"] = torch.ops.mnv2.cpu_isa()  # the kernel variant chosen at run time
+    print(f"\nmnv2 CPU kernel ISA: {benchmark.extra_info['cpu_isa']}")
 
 
 @pytest.mark.benchmark(group=GROUP)

@@ -25,7 +25,7 @@ with torch.inference_mode():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     v(x)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"variant": name, "peak_growth_mb": (after - before) / 1024}))
+print(json.dumps({"variant": name, "peak_growth_mb": (after - before) / 1024, "isa": torch.ops.mnv2.cpu_isa()}))
 """
 
 
@@ -41,7 +41,7 @@ def main():
             print(f"| {name} | failed: {out.stderr.strip().splitlines()[-1]} |")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['peak_growth_mb']:.0f} |")
+        print(f"| {name} | {r['peak_growth_mb']:.0f} |" + (f" (CPU kernel ISA: {r['isa']})" if name == "fused" else ""))
 
 
 if __name__ == "__main__":

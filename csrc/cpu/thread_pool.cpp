@@ -16,7 +16,9 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -37,7 +39,14 @@ namespace {
 
 // How long an idle helper spins before it sleeps on the epoch (futex): long enough to bridge the Python
 // work between two blocks of one forward, short enough not to steal a busy machine's cores.
-constexpr int kSpinIters = 20000;  // ~100-200 us of _mm_pause
+// MNV2_CPU_SPIN=<iterations of _mm_pause> overrides (0: sleep at once).
+int spin_iters() {
+  static const int n = [] {
+    const char* e = std::getenv("MNV2_CPU_SPIN");
+    return (e && *e) ? std::max(0, std::atoi(e)) : 4000;  // ~0.1-0.3 ms of _mm_pause
+  }();
+  return n;
+}
 
 class Pool {
  public:
@@ -87,6 +96,7 @@ class Pool {
   void helper_loop() {
     in_helper_ = true;
     uint32_t seen = epoch_.load();
+    const int kSpinIters = spin_iters();
     for (;;) {
       uint32_t e = epoch_.load();
       for (int i = 0; e == seen && i < kSpinIters; ++i) {
