@@ -3,6 +3,7 @@ instruction mix per program weighted by loop trip counts (traffic in bytes, tens
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -50,7 +51,23 @@ def disassemble(cubin, nvdisasm):
     (memoised per cubin file and modification time)."""
     key = (os.path.abspath(cubin), os.path.getmtime(cubin))
     if key not in _DISASM:
-        _DISASM[key] = _disassemble(cubin, nvdisasm)
+        cached = cubin + ".sass.json"     # parsed listing beside the cubin (the cache dir is content-keyed)
+        try:
+            with open(cached) as f:
+                d = json.load(f)
+            if d.get("mtime") != key[1]:
+                raise ValueError("stale")
+            funcs = {k: [tuple(i) for i in v] for k, v in d["funcs"].items()}
+            loops = {k: [tuple(x) for x in v] for k, v in d["loops"].items()}
+        except (OSError, ValueError, KeyError):
+            funcs, loops = _disassemble(cubin, nvdisasm)
+            try:
+                with open(cached + ".tmp", "w") as f:
+                    json.dump(dict(mtime=key[1], funcs=funcs, loops=loops), f)
+                os.replace(cached + ".tmp", cached)
+            except OSError:
+                pass
+        _DISASM[key] = (funcs, loops)
     return _DISASM[key]
 
 
