@@ -317,3 +317,138 @@ def select(backend: str, device: DeviceLike, dtype: torch.dtype) -> Backend:
 def clear_cache() -> None:
     """Forget ``select``'s answers (the fallback warning stays once per process)."""
     _select.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generalised block (issue 13): which kernel serves which block configuration
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockConfig:
+    """What a generalised block computes, beyond its shapes (docs/CONTRACT.md, "The generalised block").
+
+    kernel: depthwise kernel size (3, 5, 7). act_expand / act_dw: activation names (reference.ACTIVATIONS;
+    act_expand is "relu6" when the block has no expand conv). padding: "symmetric" or "tf_same". se: whether
+    it has squeeze-excite; se_act / se_gate: the SE's activations (ignored when se is False).
+    """
+    kernel: int = 3
+    act_expand: str = "relu6"
+    act_dw: str = "relu6"
+    padding: str = "symmetric"
+    se: bool = False
+    se_act: str = "relu"
+    se_gate: str = "sigmoid"
+    act_project: str = "none"
+
+    @property
+    def is_mobilenet_v2(self) -> bool:
+        """The configuration torch.ops.mnv2.inverted_residual (and every fused kernel) computes."""
+        return (self.kernel == 3 and self.act_expand == "relu6" and self.act_dw == "relu6"
+                and self.padding == "symmetric" and not self.se and self.act_project == "none")
+
+    def features(self) -> List[str]:
+        """What the block needs beyond the MobileNetV2 block, in words (empty for a MobileNetV2 block)."""
+        out = []
+        for act in dict.fromkeys((self.act_expand, self.act_dw)):
+            if act != "relu6":
+                out.append(act)
+        if self.kernel != 3:
+            out.append(f"{self.kernel}x{self.kernel} depthwise")
+        if self.padding != "symmetric":
+            out.append("TF 'same' padding")
+        if self.se:
+            out.append(f"squeeze-excite ({self.se_act}, {self.se_gate})")
+        if self.act_project != "none":
+            out.append(f"{self.act_project} after the project conv")
+        return out
+
+
+@dataclass(frozen=True)
+class ExSupport:
+    """What one kernel computes of the generalised block. A kernel that gains an option adds it here (and
+    registers its implementation of torch.ops.mnv2.inverted_residual_ex for its device key in ops.py)."""
+    kernels: Tuple[int, ...] = (3,)
+    acts: Tuple[str, ...] = ("relu6",)
+    paddings: Tuple[str, ...] = ("symmetric",)
+    se_acts: Tuple[str, ...] = ()        # empty: no squeeze-excite
+    se_gates: Tuple[str, ...] = ()
+    project_acts: Tuple[str, ...] = ("none",)
+    op: Optional[Callable[..., torch.Tensor]] = field(default=None, repr=False)  # None: not registered yet
+
+    def refusals(self, cfg: BlockConfig) -> List[str]:
+        out = [f"no {a} activation" for a in dict.fromkeys((cfg.act_expand, cfg.act_dw)) if a not in self.acts]
+        if cfg.kernel not in self.kernels:
+            out.append(f"no {cfg.kernel}x{cfg.kernel} depthwise")
+        if cfg.padding not in self.paddings:
+            out.append(f"no {cfg.padding} padding")
+        if cfg.act_project not in self.project_acts:
+            out.append(f"no {cfg.act_project} after the project conv")
+        if cfg.se and (cfg.se_act not in self.se_acts or cfg.se_gate not in self.se_gates):
+            out.append(f"no squeeze-excite ({cfg.se_act}, {cfg.se_gate})")
+        if not out and self.op is None:
+            out.append("its torch.ops.mnv2.inverted_residual_ex implementation is not registered yet")
+        return out
+
+
+def _ex_reference_op(*args):
+    return torch.ops.mnv2.inverted_residual_ex(*args)
+
+
+# Today every kernel computes exactly the MobileNetV2 block (served through torch.ops.mnv2.inverted_residual);
+# the reference computes everything. Next session: widen a row's tuples and set its op.
+EX_SUPPORT: Dict[str, ExSupport] = {
+    "cpu": ExSupport(),
+    "cuda": ExSupport(),
+    "triton": ExSupport(),
+    "reference": ExSupport(kernels=(3, 5, 7), acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
+                           paddings=("symmetric", "tf_same"),
+                           se_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
+                           se_gates=("sigmoid", "hardsigmoid"),
+                           project_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
+                           op=_ex_reference_op),
+}
+
+
+def ex_refusals(cfg: BlockConfig, device: DeviceLike, dtype: Optional[torch.dtype] = None) -> Dict[str, List[str]]:
+    """Every reason each backend cannot serve a block of configuration ``cfg`` for ``dtype`` tensors on
+    ``device`` (rows with no reason serve it): the device/dtype reasons of ``ROWS`` plus the configuration's."""
+    device = torch.device(device)
+    out = {}
+    for name, row in ROWS.items():
+        reasons = row.not_supported_reasons(device, dtype)
+        reasons += [f"the {row.kernel} kernel has " + r if r.startswith("no ") else r
+                    for r in EX_SUPPORT[name].refusals(cfg)]
+        out[name] = reasons
+    return out
+
+
+def ex_kernel_gaps(cfg: BlockConfig, device: DeviceLike) -> str:
+    """One line for reports: why no fused kernel on ``device`` serves ``cfg`` (e.g. "no fused kernel for
+    hardswish, 5x5 depthwise yet")."""
+    return f"no fused kernel for {', '.join(cfg.features()) or 'this block'} yet"
+
+
+@functools.lru_cache(maxsize=None)
+def _select_ex(name: str, device: torch.device, dtype: torch.dtype, cfg: BlockConfig) -> Callable:
+    check_x_dtype(dtype)
+    refusals = ex_refusals(cfg, device, dtype)
+    order = auto_priority(device) if name == "auto" else (name,)
+    for n in order:
+        if not refusals[n]:
+            return EX_SUPPORT[n].op
+    lines = [f"mnv2_kernels: backend={name!r} cannot run a block with {', '.join(cfg.features()) or cfg} for "
+             f"{_dtype_str(dtype)} on {device}:"] + [f"  {n}: {'; '.join(r)}" for n, r in refusals.items() if r]
+    serving = [n for n, r in refusals.items() if not r]
+    if serving:
+        lines.append(f"Backends that serve it: {', '.join(repr(n) for n in serving)}.")
+    raise RuntimeError("\n".join(lines))
+
+
+def select_ex(backend: str, device: DeviceLike, dtype: torch.dtype, cfg: BlockConfig) -> Callable:
+    """The op that runs a generalised block of configuration ``cfg`` for ``backend`` (one of NAMES).
+
+    "auto" takes the first row of ``auto_priority(device)`` whose kernel serves (device, dtype, cfg); today
+    that is the reference for every non-MobileNetV2 configuration (no ReferenceFallbackWarning here:
+    ``fuse()`` reports and warns per block). Raises ValueError (unknown name), TypeError (x's dtype not
+    floating point), RuntimeError (the named backend cannot serve it; the message lists every row's reasons).
+    """
+    return _select_ex(check_name(backend), torch.device(device), dtype, cfg)

@@ -54,3 +54,49 @@ def fold_block(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tu
     w_d, b_d = cast(w[:, 0]), cast(b)
     w, b = fold_conv_bn(*project)
     return FoldedBlock(w_e, b_e, w_d, b_d, cast(w.flatten(1)), cast(b))
+
+
+class FoldedBlockEx(NamedTuple):
+    """Folded weights of a generalised block, in the order of torch.ops.mnv2.inverted_residual_ex's tensors."""
+    w_expand: Optional[torch.Tensor]     # [Chid, Cin] or None
+    b_expand: Optional[torch.Tensor]     # [Chid] or None
+    w_dw: torch.Tensor                   # [Chid, k, k]
+    b_dw: torch.Tensor                   # [Chid]
+    w_se_reduce: Optional[torch.Tensor]  # [Crd, Chid] or None (no squeeze-excite)
+    b_se_reduce: Optional[torch.Tensor]  # [Crd]
+    w_se_expand: Optional[torch.Tensor]  # [Chid, Crd]
+    b_se_expand: Optional[torch.Tensor]  # [Chid]
+    w_project: torch.Tensor              # [Cout, Chid] (layer scale folded in)
+    b_project: torch.Tensor              # [Cout]
+
+
+def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
+                  se: Optional[Tuple[nn.Conv2d, nn.Conv2d]], project: Tuple[nn.Conv2d, nn.BatchNorm2d],
+                  layer_scale: Optional[torch.Tensor], dtype: torch.dtype) -> FoldedBlockEx:
+    """Folds a generalised block: BN into expand / depthwise / project, the squeeze-excite convs as they are
+    (no BN; a missing bias is zeros), a layer scale gamma [Cout] into the project (W *= gamma, b *= gamma)."""
+    def cast(t):
+        return t.to(dtype).contiguous()
+
+    def conv_wb(conv):
+        w = conv.weight.detach().to(torch.float64).flatten(1)
+        b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
+             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
+        return w, b
+
+    w_e = b_e = None
+    if expand is not None:
+        w, b = fold_conv_bn(*expand)
+        w_e, b_e = cast(w.flatten(1)), cast(b)
+    w, b = fold_conv_bn(*depthwise)
+    w_d, b_d = cast(w[:, 0]), cast(b)
+    se_t = (None, None, None, None)
+    if se is not None:
+        (w_r, b_r), (w_x, b_x) = conv_wb(se[0]), conv_wb(se[1])
+        se_t = (cast(w_r), cast(b_r), cast(w_x), cast(b_x))
+    w, b = fold_conv_bn(*project)
+    w, b = w.flatten(1), b
+    if layer_scale is not None:
+        g = layer_scale.detach().to(torch.float64)
+        w, b = w * g[:, None], b * g
+    return FoldedBlockEx(w_e, b_e, w_d, b_d, *se_t, cast(w), cast(b))

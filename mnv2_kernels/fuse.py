@@ -10,9 +10,9 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from . import ops
-from .modules import FoldedConvBNAct, FusedInvertedResidual, FusedPathWarning
-from .recognize import NotFusable, recognize_block, recognize_conv_bn
+from . import backends, ops
+from .modules import FoldedConvBNAct, FoldedInvertedResidual, FusedInvertedResidual, FusedPathWarning
+from .recognize import BlockPlanEx, NotFusable, recognize_block, recognize_block_ex, recognize_conv_bn
 
 log = logging.getLogger("mnv2_kernels")
 
@@ -23,12 +23,15 @@ class BlockReport:
     path: str
     fused: bool
     detail: str           # the block's shape when fused, the reason when skipped
-    kind: str = "block"   # "block" (inverted residual) or "conv_bn" (a conv -> BN [-> act] folded outside blocks)
+    kind: str = "block"   # "block" (inverted residual), "reference" (a generalised block folded onto the
+                          # reference path: fused=False) or "conv_bn" (a conv -> BN [-> act] outside blocks)
 
     def __str__(self) -> str:
         what = "fused" if self.fused else "skipped"
         if self.kind == "conv_bn":
             what = "folded"
+        elif self.kind == "reference":
+            what = "folded (reference path)"
         return f"{self.path or '<root>'}: {what} ({self.detail})"
 
 
@@ -44,6 +47,12 @@ class FuseReport(List[BlockReport]):
     def skipped(self) -> List[BlockReport]:
         """Blocks left as they were, with the reason."""
         return [r for r in self if not r.fused and r.kind == "block"]
+
+    @property
+    def reference(self) -> List[BlockReport]:
+        """Generalised blocks (other activations, 5x5, TF padding, squeeze-excite) replaced by a
+        FoldedInvertedResidual: BN folded, run by the reference because no fused kernel computes them yet."""
+        return [r for r in self if r.kind == "reference"]
 
     @property
     def folded(self) -> List[BlockReport]:
@@ -70,6 +79,37 @@ def _depthwise_counts(model: nn.Module) -> Dict[str, int]:
             for i in range(len(parts) + 1):
                 counts[".".join(parts[:i])] += 1
     return counts
+
+
+def _is_layer(m: nn.Module) -> bool:
+    """One conv layer (a module holding one Conv2d: conv, conv+BN+act) or a MixConv (only Conv2d children)."""
+    if isinstance(m, nn.Conv2d):
+        return True
+    convs = sum(isinstance(c, nn.Conv2d) for c in m.modules())
+    return convs == 1 or (bool(m._modules) and all(isinstance(c, nn.Conv2d) for c in m._modules.values()))
+
+
+def _multi_depthwise_blocks(modules: Dict[str, nn.Module], counts: Dict[str, int]) -> Dict[str, str]:
+    """{path: reason} of blocks with several depthwise convs, each a layer of the block itself (MixNet's
+    MixConv, MobileNetV4's universal inverted bottleneck with a leading depthwise): outside the contract."""
+    out: Dict[str, str] = {}
+    for path, m in modules.items():
+        if counts[path] < 2 or not m._modules or any(path.startswith(p + ".") for p in out):
+            continue
+        kids = [c for c in m._modules.values() if c is not None]
+        with_dw = [c for c in kids if any(_is_depthwise(d) for d in c.modules())]
+        if not with_dw or not all(_is_layer(c) for c in with_dw):
+            continue
+        mixed = [c for c in with_dw if not isinstance(c, nn.Conv2d) and c._modules
+                 and all(isinstance(d, nn.Conv2d) for d in c._modules.values())]
+        if mixed:
+            sizes = sorted({d.kernel_size[0] for c in mixed for d in c._modules.values()})
+            out[path] = (f"mixed depthwise kernel sizes {sizes} in one layer (MixConv: channel groups "
+                         "concatenated): not in the block contract; a block per kernel-size group is future work")
+        else:
+            out[path] = (f"{counts[path]} depthwise convs in one block (MobileNetV4's universal inverted "
+                         "bottleneck with a leading depthwise, 'ExtraDW'): not in the block contract yet")
+    return out
 
 
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -124,13 +164,19 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     ops.resolve_backend(backend, _first_param_device(model))  # fail early if it cannot serve the model
     if not inplace:
         model = copy.deepcopy(model)
+    device = _first_param_device(model)
     counts = _depthwise_counts(model)
     modules = dict(model.named_modules())
     report = FuseReport()
     replacements = []
+    multi = _multi_depthwise_blocks(modules, counts)
+    for path, reason in multi.items():
+        report.append(BlockReport(path, False, reason))
     for path, m in modules.items():
         if counts[path] != 1 or not m._modules:
             continue
+        if any(path.startswith(p + ".") for p in multi):
+            continue  # a layer of a block with several depthwise convs: reported with its block
         parent = path.rpartition(".")[0] if path else None
         if parent is not None and counts[parent] == 1:
             continue  # not the outermost module holding this depthwise conv: handled with its ancestor
@@ -146,18 +192,42 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
             except NotFusable as exc:
                 if p == path:
                     outer_reason = str(exc)
+        if not plans:  # not the MobileNetV2 block: the generalised block (issue 13)?
+            for p in chain:
+                try:
+                    plans.append((p, recognize_block_ex(modules[p])))
+                except NotFusable as exc:
+                    if p == path:
+                        outer_reason = str(exc)
         if not plans:
             report.append(BlockReport(path, False, outer_reason or "no inverted-residual pattern"))
             continue
         with_residual = [pp for pp in plans if pp[1].residual]
         chosen_path, plan = (with_residual or plans)[-1]  # innermost, preferring one that owns the shortcut
+        if isinstance(plan, BlockPlanEx):
+            cfg = plan.config()
+            gap = backends.ex_kernel_gaps(cfg, device)
+            refusals = backends.ex_refusals(cfg, device)
+            if backend != "auto" and refusals[backend]:
+                report.append(BlockReport(chosen_path, False, f"{plan.describe()}: backend={backend!r} cannot run "
+                                          f"it ({'; '.join(refusals[backend])}); fuse with backend='auto' or "
+                                          "'reference' to run it folded on the reference path"))
+                continue
+            served = [n for n in backends.auto_priority(device) if not refusals[n]] if backend == "auto" else [backend]
+            replacements.append((chosen_path, plan))
+            if served and served[0] != "reference":
+                report.append(BlockReport(chosen_path, True, plan.describe()))
+            else:
+                report.append(BlockReport(chosen_path, False, f"{plan.describe()}; {gap}", kind="reference"))
+            continue
         replacements.append((chosen_path, plan))
         report.append(BlockReport(chosen_path, True, plan.describe()))
     taken = [p for p, _ in replacements] + [p for p, m in modules.items()
                                              if isinstance(m, (FusedInvertedResidual, FoldedConvBNAct))]
     folds = _fold_conv_bn_modules(model, taken, report) if fold_conv_bn else []
     for path, plan in replacements:
-        fused = FusedInvertedResidual(modules[path], plan, backend)
+        cls = FoldedInvertedResidual if isinstance(plan, BlockPlanEx) else FusedInvertedResidual
+        fused = cls(modules[path], plan, backend)
         if path:
             _set_submodule(model, path, fused)
         else:
@@ -179,16 +249,27 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
 def _warn_about(model: nn.Module, report: FuseReport) -> None:
     """FusedPathWarning for what would otherwise be silently slow: skipped blocks, a model in train mode."""
     skipped = report.skipped
+    on_reference = report.reference
+    if on_reference:
+        gaps: Dict[str, int] = {}
+        for r in on_reference:
+            gap = r.detail.rpartition("; ")[2]
+            gaps[gap] = gaps.get(gap, 0) + 1
+        warnings.warn(f"mnv2_kernels.fuse: {len(on_reference)} of {len(report.fused) + len(on_reference) + len(skipped)}"
+                      " blocks are folded but run on the reference path (BN folded, plain PyTorch; not a fused "
+                      "launch): " + "; ".join(f"{n} x {g}" for g, n in gaps.items()) + ". They compute the same "
+                      "as the original; fuse(..., return_report=True) lists them.", FusedPathWarning, stacklevel=3)
     if skipped:
         reasons: Dict[str, List[str]] = {}
         for r in skipped:
             reasons.setdefault(r.detail, []).append(r.path or "<root>")
         lines = "; ".join(f"{len(paths)} x {reason} ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
                           for reason, paths in reasons.items())
-        warnings.warn(f"mnv2_kernels.fuse: {len(skipped)} of {len(skipped) + len(report.fused)} blocks left "
+        warnings.warn(f"mnv2_kernels.fuse: {len(skipped)} of {len(skipped) + len(report.fused) + len(on_reference)} "
+                      f"blocks left "
                       f"unfused: {lines}. They run as before; fuse(..., return_report=True) lists them.",
                       FusedPathWarning, stacklevel=3)
-    if model.training and (report.fused or report.folded):
+    if model.training and (report.fused or report.folded or report.reference):
         warnings.warn("mnv2_kernels.fuse: the model is in training mode, so nothing runs fused until you call "
                       ".eval() (training and eval with gradients enabled run the original layers)",
                       FusedPathWarning, stacklevel=3)

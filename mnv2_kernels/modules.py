@@ -464,3 +464,63 @@ def refresh(model: nn.Module) -> nn.Module:
         if isinstance(m, _FoldedModule):
             m.refresh()
     return model
+
+
+class FoldedInvertedResidual(FusedInvertedResidual):
+    """Eval-mode generalised inverted-residual block (docs/CONTRACT.md, "The generalised block"): other
+    activations, 5x5 / 7x7 depthwise, TF 'same' padding, squeeze-excite, layer scale, on BN-folded weights
+    through torch.ops.mnv2.inverted_residual_ex.
+
+    Today no fused kernel computes these blocks: the op runs the plain-PyTorch reference on the folded
+    weights (one BN-free pass per layer, not one launch), and ``fuse()`` reports them as "folded (reference
+    path ...)". Every rule of FusedInvertedResidual holds (runs the original in training mode, with
+    gradients, hooks, replaced layers; same keys). Input/output as FusedInvertedResidual; any float dtype.
+    """
+
+    @classmethod
+    def from_module(cls, block: nn.Module, backend: str = "auto") -> "FoldedInvertedResidual":
+        """Builds it from a torchvision, timm or hand-written block; ValueError naming every reason when the
+        block is not a generalised inverted residual, TypeError when ``block`` is not an nn.Module."""
+        if not isinstance(block, nn.Module):
+            raise TypeError(f"FoldedInvertedResidual.from_module: expected a torch.nn.Module (one block), got "
+                            f"{type(block).__name__}")
+        from .recognize import recognize_block_ex
+        try:
+            plan = recognize_block_ex(block)
+        except NotFusable as exc:
+            raise ValueError(f"cannot fold {type(block).__name__}: {exc}") from None
+        return cls(block, plan, backend)
+
+    def _recognize(self):
+        from .recognize import recognize_block_ex
+        return recognize_block_ex(self._original)
+
+    def _plan_paths(self, plan) -> Tuple[str, ...]:
+        return (*(plan.expand or ()), *plan.depthwise, *(plan.se or ()), *plan.project,
+                *((plan.layer_scale,) if plan.layer_scale else ()))
+
+    def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
+        from . import backends
+        return backends.select_ex(self.backend, device, dtype, self.__dict__["plan"].config())
+
+    def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype):
+        from .folding import fold_block_ex
+        plan = self.__dict__["plan"]
+        m = list(targets)
+        exp = (m.pop(0), m.pop(0)) if plan.expand else None
+        dw = (m.pop(0), m.pop(0))
+        se = (m.pop(0), m.pop(0)) if plan.se else None
+        proj = (m.pop(0), m.pop(0))
+        ls = m.pop(0).gamma if plan.layer_scale else None
+        return fold_block_ex(exp, dw, se, proj, ls, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self._fused_structure(x)
+        if st is None:
+            return self._original(x)
+        entry = self._folded(st, x.dtype, x.device)
+        p = st.plan
+        opts = (p.stride, p.residual, p.act_expand, p.act_dw, p.padding, p.se_act, p.se_gate, p.act_project)
+        if entry.run is None:  # traced by torch.compile / torch.export
+            return torch.ops.mnv2.inverted_residual_ex(x, *entry.folded, *opts)
+        return entry.run(x, *entry.folded, *opts)

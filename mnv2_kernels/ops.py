@@ -110,3 +110,114 @@ def inverted_residual(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expan
     """
     return backends.select(backend, x.device, x.dtype).run(x, w_expand, b_expand, w_dw, b_dw, w_project,
                                                            b_project, stride, residual)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generalised block (issue 13): activations, 3/5/7 depthwise, TF "same" padding, squeeze-excite.
+# docs/CONTRACT.md, "The generalised block". Only implementation today: the plain-PyTorch reference
+# (CompositeExplicitAutograd, so any device). A kernel plugs in by registering its device key here
+# (``_lib.impl("inverted_residual_ex", fn, "CPU")`` or from C++) and declaring what it serves in
+# backends.EX_SUPPORT.
+# ----------------------------------------------------------------------------------------------------------
+_EX_ARGS = ("(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, Tensor? w_se_reduce, "
+            "Tensor? b_se_reduce, Tensor? w_se_expand, Tensor? b_se_expand, Tensor w_project, Tensor b_project, "
+            "int stride, bool residual, str act_expand, str act_dw, str padding, str se_act, str se_gate, "
+            "str act_project) -> Tensor")
+_lib.define("inverted_residual_ex" + _EX_ARGS)
+
+_EX = "mnv2.inverted_residual_ex: "
+
+
+def check_inverted_residual_ex_args(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand,
+                                    b_se_expand, w_project, b_project, stride, residual, act_expand, act_dw,
+                                    padding, se_act, se_gate, act_project):
+    """Validates the generalised op's arguments (docs/CONTRACT.md); returns (N, Cout, Ho, Wo).
+
+    ValueError for shapes, channel counts, kernel size, stride, residual, option names and devices; TypeError
+    for dtypes (x not floating point, a tensor in another dtype than x). Each message says what was expected,
+    what came and what to do.
+    """
+    from .reference import ACTIVATIONS, KERNEL_SIZES, PADDINGS, SE_GATES
+    from ._validate import check_x_dtype
+    if x.dim() != 4:
+        raise ValueError(_EX + f"x must be a 4-D (N, C, H, W) tensor, got {x.dim()}-D")
+    check_x_dtype(x.dtype)
+    N, Cin, H, W = x.shape
+    if w_dw.dim() != 3 or w_dw.shape[1] != w_dw.shape[2] or w_dw.shape[1] not in KERNEL_SIZES:
+        raise ValueError(_EX + f"w_dw must be [Chid, k, k] with k in {KERNEL_SIZES}, got {list(w_dw.shape)}")
+    Chid = w_dw.shape[0]
+    Cout = w_project.shape[0] if w_project.dim() == 2 else -1
+    expected = {"w_dw": (w_dw, [Chid, w_dw.shape[1], w_dw.shape[1]]), "b_dw": (b_dw, [Chid]),
+                "w_project": (w_project, [Cout, Chid]), "b_project": (b_project, [Cout])}
+    if (w_expand is None) != (b_expand is None):
+        raise ValueError(_EX + "w_expand and b_expand must both be given or both be None")
+    if w_expand is not None:
+        expected.update(w_expand=(w_expand, [Chid, Cin]), b_expand=(b_expand, [Chid]))
+    elif Chid != Cin:
+        raise ValueError(_EX + f"block expects {Chid} input channels (no expand conv), got {Cin}")
+    se = (w_se_reduce, b_se_reduce, w_se_expand, b_se_expand)
+    if any(t is None for t in se) and not all(t is None for t in se):
+        raise ValueError(_EX + "the squeeze-excite tensors (w_se_reduce, b_se_reduce, w_se_expand, b_se_expand) "
+                               "must all be given or all be None")
+    if w_se_reduce is not None:
+        Crd = w_se_reduce.shape[0]
+        expected.update(w_se_reduce=(w_se_reduce, [Crd, Chid]), b_se_reduce=(b_se_reduce, [Crd]),
+                        w_se_expand=(w_se_expand, [Chid, Crd]), b_se_expand=(b_se_expand, [Chid]))
+    for name, (t, shape) in expected.items():
+        if list(t.shape) != shape:
+            raise ValueError(_EX + f"{name} must have shape {shape}, got {list(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(_EX + f"{name} is on {t.device} but x is on {x.device}; move the module with "
+                                   ".to(x.device)")
+        if t.dtype != x.dtype:
+            raise TypeError(_EX + f"{name} is {t.dtype} but x is {x.dtype}; call .to({x.dtype}) on the module")
+    if stride not in (1, 2):
+        raise ValueError(_EX + f"stride must be 1 or 2, got {stride}")
+    if residual and not (stride == 1 and Cin == Cout):
+        raise ValueError(_EX + f"residual needs stride 1 and Cin == Cout, got stride {stride}, {Cin} -> {Cout}")
+    for name, value, choices in (("act_expand", act_expand, ACTIVATIONS), ("act_dw", act_dw, ACTIVATIONS),
+                                 ("se_act", se_act, ACTIVATIONS), ("se_gate", se_gate, SE_GATES),
+                                 ("act_project", act_project, ACTIVATIONS),
+                                 ("padding", padding, PADDINGS)):
+        if value not in choices:
+            raise ValueError(_EX + f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return N, Cout, (H - 1) // stride + 1, (W - 1) // stride + 1
+
+
+def _ex_fake(x, *args):
+    N, Cout, Ho, Wo = check_inverted_residual_ex_args(x, *args)
+    fmt = torch.channels_last if wants_channels_last(x) else torch.contiguous_format
+    return x.new_empty((N, Cout, Ho, Wo)).contiguous(memory_format=fmt)
+
+
+def _ex_reference_impl(x, *args):
+    from .reference import inverted_residual_ex_reference
+    check_inverted_residual_ex_args(x, *args)
+    y = inverted_residual_ex_reference(x, *args)
+    return y.contiguous(memory_format=torch.channels_last if wants_channels_last(x) else torch.contiguous_format)
+
+
+torch.library.register_fake("mnv2::inverted_residual_ex", _ex_fake, lib=_lib)
+_lib.impl("inverted_residual_ex", _ex_reference_impl, "CompositeExplicitAutograd")
+
+
+def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
+                         w_dw: torch.Tensor, b_dw: torch.Tensor, w_se_reduce: Optional[torch.Tensor],
+                         b_se_reduce: Optional[torch.Tensor], w_se_expand: Optional[torch.Tensor],
+                         b_se_expand: Optional[torch.Tensor], w_project: torch.Tensor, b_project: torch.Tensor,
+                         stride: int, residual: bool, act_expand: str = "relu6", act_dw: str = "relu6",
+                         padding: str = "symmetric", se_act: str = "relu", se_gate: str = "sigmoid",
+                         act_project: str = "none", backend: str = "auto") -> torch.Tensor:
+    """One generalised eval-mode block from folded weights (docs/CONTRACT.md, "The generalised block").
+
+    Shapes: x [N, Cin, H, W]; w_expand [Chid, Cin] or None; w_dw [Chid, k, k], k in 3, 5, 7; SE tensors
+    [Crd, Chid], [Crd], [Chid, Crd], [Chid] or all None; w_project [Cout, Chid]. Returns [N, Cout, Ho, Wo].
+    ``backend``: the row is ``backends.select_ex(backend, x.device, x.dtype, config)``; today only the
+    reference serves a generalised configuration (the kernels say why in ``backends.ex_refusals``).
+    Raises ValueError / TypeError (arguments) and RuntimeError (a backend that cannot serve the block).
+    """
+    cfg = backends.BlockConfig(w_dw.shape[-1], act_expand if w_expand is not None else "relu6", act_dw, padding,
+                               w_se_reduce is not None, se_act, se_gate, act_project)
+    run = backends.select_ex(backend, x.device, x.dtype, cfg)
+    return run(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, w_project,
+               b_project, stride, residual, act_expand, act_dw, padding, se_act, se_gate, act_project)

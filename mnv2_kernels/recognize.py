@@ -82,8 +82,13 @@ def _check_plain_modules(block: nn.Module) -> None:
 
 
 class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaves: frozenset = frozenset()):
+        super().__init__()
+        self._extra_leaves = leaves   # ids of modules traced as one node (recognised squeeze-excite modules)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.BatchNorm2d) or len(m._modules) == 0 or super().is_leaf_module(m, qualname)
+        return (isinstance(m, nn.BatchNorm2d) or len(m._modules) == 0 or id(m) in self._extra_leaves
+                or super().is_leaf_module(m, qualname))
 
 
 def _bn_act(bn: nn.BatchNorm2d, path: str) -> List[tuple]:
@@ -101,11 +106,15 @@ def _bn_act(bn: nn.BatchNorm2d, path: str) -> List[tuple]:
     return tokens
 
 
-def _tokens(block: nn.Module) -> Tuple[List[tuple], bool]:
-    """The block's forward as a list of (kind, path, module) tokens and whether it adds its input."""
+def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = False) -> Tuple[List[tuple], bool]:
+    """The block's forward as a list of (kind, path, module) tokens and whether it adds its input.
+
+    ``extended`` (the generalised block): modules in ``se_ids`` are one ("se", path, module) token,
+    functional activations are ("act", name, None) tokens with their name, torchvision's StochasticDepth is
+    an identity (eval mode) and timm's LayerScale2d is an ("ls", path, module) token."""
     _check_plain_modules(block)
     try:
-        graph = _Tracer().trace(block)
+        graph = _Tracer(se_ids).trace(block)
     except Exception as exc:
         raise NotFusable(f"its forward cannot be traced ({type(exc).__name__}: {exc})") from None
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -136,10 +145,22 @@ def _tokens(block: nn.Module) -> Tuple[List[tuple], bool]:
             m = modules[node.target]
             if isinstance(m, nn.BatchNorm2d):
                 chain[:0] = _bn_act(m, node.target)
+            elif extended and id(m) in se_ids:
+                chain.insert(0, ("se", node.target, m))
+            elif extended and _is_layer_scale(m):
+                chain.insert(0, ("ls", node.target, m))
+            elif extended and type(m).__name__ == "StochasticDepth" and type(m).__module__.startswith("torchvision."):
+                pass  # identity in eval mode (the fused module runs the original in training mode)
             elif not _is_identity(m):
                 chain.insert(0, ("act" if not isinstance(m, nn.Conv2d) else "conv", node.target, m))
         elif node.op == "call_function" and node.target is F.relu6:
             chain.insert(0, ("act", str(node), nn.ReLU6()))
+        elif extended and _functional_act(node) is not None:
+            chain.insert(0, ("act", _functional_act(node), None))
+        elif (extended and node.op in ("call_function", "call_method")
+              and getattr(node.target, "__name__", node.target) in ("mul", "mul_")):
+            raise NotFusable("it multiplies inside its forward (squeeze-excite written inline?); put the "
+                             "squeeze-excite in its own module whose forward returns x * gate(...)")
         else:
             raise NotFusable(f"it computes {node.op} {getattr(node.target, '__name__', node.target)!s}, which is "
                              "not part of an inverted residual (squeeze-excite or another op?)")
@@ -238,3 +259,314 @@ def recognize_conv_bn(module: nn.Module) -> ConvBNPlan:
         else:
             raise NotFusable(f"activation {type(m).__name__} is not folded")
     return ConvBNPlan(conv_path, bn_path, act)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generalised block (issue 13): activations, 3/5/7 depthwise, TF "same" padding, squeeze-excite,
+# layer scale. docs/CONTRACT.md, "The generalised block".
+# ----------------------------------------------------------------------------------------------------------
+# Activation modules by exact class (a subclass with its own forward is not one of them).
+_ACT_MODULES = {nn.ReLU6: "relu6", nn.ReLU: "relu", nn.Hardswish: "hardswish", nn.SiLU: "silu",
+                nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.Identity: "none"}
+# timm's own activation classes (timm.layers.activations / activations_me): same maths, own forward.
+_TIMM_ACTS = {"Swish": "silu", "SwishMe": "silu", "HardSwish": "hardswish", "HardSwishMe": "hardswish",
+              "HardSigmoid": "hardsigmoid", "HardSigmoidMe": "hardsigmoid", "Sigmoid": "sigmoid",
+              "GELU": "gelu", "GELUTanh": "gelu_tanh"}
+_FUNCTIONAL_ACTS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
+                    F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid if hasattr(F, "sigmoid") else torch.sigmoid:
+                    "sigmoid", F.hardsigmoid: "hardsigmoid", F.gelu: "gelu"}
+_METHOD_ACTS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+
+
+def activation_name(m: Optional[nn.Module]) -> Optional[str]:
+    """The contract's name for an activation module (reference.ACTIVATIONS / SE_GATES), None if unknown."""
+    if m is None:
+        return None
+    if _is_relu6(m):
+        return "relu6"
+    t = type(m)
+    if t in _ACT_MODULES:
+        return _ACT_MODULES[t]
+    if isinstance(m, nn.GELU) and t.forward is nn.GELU.forward:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(m.approximate)
+    if t.__module__.startswith("timm.layers.activations") and t.__name__ in _TIMM_ACTS:
+        return _TIMM_ACTS[t.__name__]
+    return None
+
+
+def _functional_act(node: torch.fx.Node) -> Optional[str]:
+    if node.op == "call_function" and node.target in _FUNCTIONAL_ACTS:
+        name = _FUNCTIONAL_ACTS[node.target]
+        if name == "gelu":
+            return {"none": "gelu", "tanh": "gelu_tanh"}.get(node.kwargs.get("approximate", "none"))
+        return name
+    if node.op == "call_method" and node.target in _METHOD_ACTS:
+        return _METHOD_ACTS[node.target]
+    return None
+
+
+def _is_layer_scale(m: nn.Module) -> bool:
+    """timm's LayerScale2d (x * gamma per channel), which folds into the project conv."""
+    return (type(m).__name__ == "LayerScale2d" and type(m).__module__.startswith("timm.")
+            and isinstance(getattr(m, "gamma", None), torch.Tensor) and m.gamma.dim() == 1)
+
+
+@dataclass(frozen=True)
+class SEPlan:
+    """A squeeze-excite module: mean over H, W -> reduce 1x1 conv -> act -> expand 1x1 conv -> gate; x * gate.
+    Paths relative to the SE module."""
+    reduce: str
+    expand: str
+    act: str
+    gate: str
+
+
+def _is_pool(node: torch.fx.Node, x: torch.fx.Node, modules: dict) -> bool:
+    """x.mean((2, 3), keepdim=True), AdaptiveAvgPool2d(1) or F.adaptive_avg_pool2d(x, 1) of the SE's input."""
+    if node.op == "call_method" and node.target == "mean" and node.args and node.args[0] is x:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        return keep is True and dims is not None and sorted(d % 4 for d in dims) == [2, 3]
+    if node.op == "call_module" and node.args and node.args[0] is x:
+        m = modules[node.target]
+        return (type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)))
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d and node.args and node.args[0] is x:
+        return (node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")) in (1, (1, 1))
+    return False
+
+
+def recognize_se(module: nn.Module) -> SEPlan:
+    """Plan of a squeeze-excite module (timm's SqueezeExcite / SEModule, torchvision's SqueezeExcitation, or a
+    hand-written one computing the same); raises NotFusable otherwise."""
+    _check_plain_modules(module)
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as exc:
+        raise NotFusable(f"its forward cannot be traced ({type(exc).__name__})") from None
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise NotFusable("not a one-input module")
+    x = placeholders[0]
+    out = [n for n in graph.nodes if n.op == "output"][0].args[0]
+    if not (isinstance(out, torch.fx.Node) and len(out.args) == 2 and (
+            (out.op == "call_function" and out.target in (operator.mul, torch.mul))
+            or (out.op == "call_method" and out.target == "mul"))):
+        raise NotFusable("its output is not x * gate")
+    a, b = out.args
+    node = b if a is x else a if b is x else None
+    if node is None:
+        raise NotFusable("its output does not multiply its input")
+    modules = dict(module.named_modules())
+    chain: List[tuple] = []
+    while not _is_pool(node, x, modules):
+        if not isinstance(node, torch.fx.Node) or node is x or len(node.all_input_nodes) != 1:
+            raise NotFusable("the gate is not computed from the global average pool of the input")
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, nn.Conv2d):
+                chain.insert(0, ("conv", node.target, m))
+            elif not _is_identity(m):
+                name = activation_name(m)
+                if name is None:
+                    raise NotFusable(f"{node.target} ({type(m).__name__}) is not a known activation")
+                chain.insert(0, ("act", name, m))
+        elif _functional_act(node) is not None:
+            chain.insert(0, ("act", _functional_act(node), None))
+        else:
+            raise NotFusable(f"it computes {node.op} {getattr(node.target, '__name__', node.target)!s}")
+        node = node.all_input_nodes[0]
+    kinds = [k for k, _, _ in chain]
+    if kinds == ["conv", "act", "conv", "act"]:
+        act, gate = chain[1][1], chain[3][1]
+    elif kinds == ["conv", "conv", "act"]:
+        act, gate = "none", chain[2][1]
+    else:
+        raise NotFusable("its layers are " + " -> ".join(kinds) + "; expected conv1x1 -> act -> conv1x1 -> gate")
+    if gate not in ("sigmoid", "hardsigmoid"):
+        raise NotFusable(f"its gate is {gate}; sigmoid and hardsigmoid are in the contract")
+    convs = [c for c in chain if c[0] == "conv"]
+    for _, path, conv in convs:
+        if (type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward
+                or conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1)
+                or conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1)):
+            raise NotFusable(f"{path} is not a plain 1x1 conv")
+    if convs[0][2].out_channels != convs[1][2].in_channels or convs[0][2].in_channels != convs[1][2].out_channels:
+        raise NotFusable("its convs do not chain C -> Crd -> C")
+    return SEPlan(convs[0][1], convs[1][1], act, gate)
+
+
+def _find_se_modules(block: nn.Module) -> dict:
+    """{id(module): (path, SEPlan)} for the block's submodules that are squeeze-excite modules."""
+    found = {}
+    for path, m in block.named_modules():
+        if not path or not m._modules:
+            continue
+        leaves = [c for c in m.modules() if not c._modules]
+        if not (3 <= len(leaves) <= 8) or sum(isinstance(c, nn.Conv2d) for c in leaves) != 2 or any(
+                isinstance(c, nn.BatchNorm2d) for c in leaves):
+            continue
+        try:
+            found[id(m)] = (path, recognize_se(m))
+        except NotFusable:
+            pass
+    return found
+
+
+@dataclass(frozen=True)
+class BlockPlanEx(BlockPlan):
+    """A generalised block (docs/CONTRACT.md, "The generalised block"): BlockPlan plus what it computes."""
+    kernel: int = 3
+    act_expand: str = "relu6"       # "relu6" when there is no expand conv
+    act_dw: str = "relu6"
+    padding: str = "symmetric"      # or "tf_same"
+    se: Optional[Tuple[str, str]] = None   # (reduce conv path, expand conv path) relative to the block
+    se_act: str = "relu"
+    se_gate: str = "sigmoid"
+    layer_scale: Optional[str] = None      # path of a LayerScale2d folded into the project conv
+    act_project: str = "none"              # an activation after the project BN (LCNet), before the add
+
+    def config(self):
+        from .backends import BlockConfig
+        return BlockConfig(self.kernel, self.act_expand, self.act_dw, self.padding, self.se is not None,
+                           self.se_act, self.se_gate, self.act_project)
+
+    def describe(self) -> str:
+        extra = self.config().features() + (["layer scale"] if self.layer_scale else [])
+        return super().describe() + (f", {', '.join(extra)}" if extra else "")
+
+
+def _conv_padding_mode(conv: nn.Conv2d, path: str, problems: List[str]) -> str:
+    """'symmetric' or 'tf_same' for a depthwise conv; appends what is wrong to ``problems``."""
+    k = conv.kernel_size[0]
+    if type(conv).__name__ == "Conv2dSame" and type(conv).__module__.startswith("timm."):
+        if conv.padding not in ((0, 0),):
+            problems.append(f"{path} is a Conv2dSame with extra padding {conv.padding}")
+        return "tf_same"
+    if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+        problems.append(f"{path} is a {type(conv).__name__}, which overrides Conv2d.forward or _conv_forward")
+        return "symmetric"
+    if conv.padding == "same" and conv.stride == (1, 1):
+        return "symmetric"
+    if conv.padding != (k // 2, k // 2):
+        problems.append(f"{path} has padding {conv.padding}; symmetric padding {k // 2} or TF 'same' "
+                        "(Conv2dSame) are in the contract")
+    return "symmetric"
+
+
+def _pointwise_problems(conv: nn.Conv2d, path: str) -> List[str]:
+    if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
+        if not (type(conv).__name__ == "Conv2dSame" and type(conv).__module__.startswith("timm.")
+                and conv.kernel_size == (1, 1) and conv.stride == (1, 1)):
+            return [f"{path} is a {type(conv).__name__}, which overrides Conv2d.forward"]
+    if (conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.padding not in ((0, 0), "valid", "same") or conv.padding_mode != "zeros"):
+        return [f"{path} is not a plain 1x1 conv (kernel {conv.kernel_size}, groups={conv.groups}, "
+                f"stride={conv.stride}, padding={conv.padding})"]
+    return []
+
+
+def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
+    """Plan of a generalised inverted-residual block, or NotFusable listing every reason it is not one.
+
+    Pattern (by what the forward computes): [conv1x1 -> BN -> act] -> depthwise kxk (k 3|5|7, stride 1|2,
+    symmetric or TF 'same' padding) -> BN -> [act] -> [squeeze-excite module] -> conv1x1 -> BN
+    -> [act] -> [LayerScale2d] [+ x]; activations: reference.ACTIVATIONS.
+    """
+    se_found = _find_se_modules(block)
+    chain, residual = _tokens(block, frozenset(se_found), extended=True)
+    kinds = [k for k, _, _ in chain]
+    problems: List[str] = []
+    i, n = 0, len(chain)
+
+    def take(kind):
+        nonlocal i
+        if i < n and chain[i][0] == kind:
+            i += 1
+            return chain[i - 1]
+        return None
+
+    def act_of(tok):
+        if tok is None:
+            return "none"
+        name = tok[1] if tok[2] is None else activation_name(tok[2])
+        if name is None or name in ("sigmoid", "hardsigmoid"):
+            problems.append(f"activation {tok[1]} is {type(tok[2]).__name__}; the contract has "
+                            "relu6, relu, hardswish, silu, gelu")
+            return "none"
+        return name
+
+    exp = None
+    act_expand = "relu6"
+    first = chain[0][2] if chain and chain[0][0] == "conv" else None
+    if first is not None and first.kernel_size == (1, 1) and first.groups == 1 and kinds[1:2] == ["bn"]:
+        exp = (take("conv"), take("bn"))
+        act_expand = act_of(take("act"))
+        if act_expand == "none" and not problems:
+            act_expand = "none"
+    dw = (take("conv"), take("bn"))
+    act_dw = act_of(take("act"))
+    se_tok = take("se")
+    proj = (take("conv"), take("bn"))
+    act_project = act_of(take("act"))
+    ls = take("ls")
+    if ls is not None and act_project != "none":
+        problems.append("a layer scale after an activated project conv does not fold")
+    if kinds[:3] == ["conv", "bn", "conv"] and chain[0][2].groups > 1 and chain[0][2].groups == chain[0][2].in_channels:
+        raise NotFusable("it starts with a depthwise conv before its expand conv (MobileNetV4's universal inverted "
+                         "bottleneck 'ConvNeXt' variant, leading depthwise): not in the block contract yet")
+    if i != n or None in dw or None in proj:
+        raise NotFusable("its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
+                         "dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn [-> layer scale]"
+                         + (" (two depthwise convs: MobileNetV4's universal inverted bottleneck with a leading "
+                            "depthwise is not in the block contract yet)" if kinds.count("conv") > 3 else ""))
+    dw_conv, dw_path = dw[0][2], dw[0][1]
+    k = dw_conv.kernel_size
+    if not (k[0] == k[1] and k[0] in (3, 5, 7)):
+        problems.append(f"{dw_path} has kernel size {k}; 3x3, 5x5 and 7x7 are in the contract")
+    if not (dw_conv.groups == dw_conv.in_channels == dw_conv.out_channels):
+        problems.append(f"{dw_path} is not depthwise (groups={dw_conv.groups}, {dw_conv.in_channels}->"
+                        f"{dw_conv.out_channels})")
+    if dw_conv.stride not in ((1, 1), (2, 2)):
+        problems.append(f"{dw_path} has stride {dw_conv.stride}; 1 and 2 are in the contract")
+    if dw_conv.dilation != (1, 1) or dw_conv.padding_mode != "zeros":
+        problems.append(f"{dw_path} has dilation {dw_conv.dilation} / padding mode {dw_conv.padding_mode!r}")
+    padding = _conv_padding_mode(dw_conv, dw_path, problems)
+    chid = dw_conv.in_channels
+    proj_conv = proj[0][2]
+    problems += _pointwise_problems(proj_conv, proj[0][1])
+    if exp is not None:
+        problems += _pointwise_problems(exp[0][2], exp[0][1])
+        if exp[0][2].out_channels != chid:
+            problems.append(f"expand makes {exp[0][2].out_channels} channels, depthwise takes {chid}")
+        cin = exp[0][2].in_channels
+    else:
+        cin = chid
+    for conv_tok, bn_tok in [t for t in (exp, dw, proj) if t is not None]:
+        try:
+            _check_bn(bn_tok[2], bn_tok[1], conv_tok[2].out_channels)
+        except NotFusable as exc:
+            problems.append(str(exc))
+    if proj_conv.in_channels != chid:
+        problems.append(f"project takes {proj_conv.in_channels} channels, depthwise makes {chid}")
+    cout = proj_conv.out_channels
+    se = None
+    se_act, se_gate = "relu", "sigmoid"
+    if se_tok is not None:
+        se_path, se_plan = se_found[id(se_tok[2])]
+        se = (f"{se_path}.{se_plan.reduce}", f"{se_path}.{se_plan.expand}")
+        se_act, se_gate = se_plan.act, se_plan.gate
+        if block.get_submodule(se[1]).out_channels != chid:
+            problems.append(f"squeeze-excite {se_path} gates {block.get_submodule(se[1]).out_channels} channels, "
+                            f"the depthwise makes {chid}")
+    if ls is not None and ls[2].gamma.numel() != cout:
+        problems.append(f"layer scale {ls[1]} has {ls[2].gamma.numel()} channels, the block makes {cout}")
+    if residual and not (dw_conv.stride == (1, 1) and cin == cout):
+        problems.append(f"it adds its input but changes shape (stride {dw_conv.stride}, {cin}->{cout})")
+    if problems:
+        raise NotFusable("; ".join(problems))
+    return BlockPlanEx(expand=None if exp is None else (exp[0][1], exp[1][1]), depthwise=(dw_path, dw[1][1]),
+                       project=(proj[0][1], proj[1][1]), stride=dw_conv.stride[0], residual=residual,
+                       in_channels=cin, hidden_channels=chid, out_channels=cout, kernel=k[0],
+                       act_expand=act_expand if exp is not None else "relu6", act_dw=act_dw, padding=padding,
+                       se=se, se_act=se_act, se_gate=se_gate, layer_scale=None if ls is None else ls[1],
+                       act_project=act_project)
