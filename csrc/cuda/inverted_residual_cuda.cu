@@ -6,10 +6,11 @@
 //      padding; the next step's rows are prefetched while this step runs its depthwise and project);
 //   2. for each chunk of HC hidden channels:
 //        expand GEMM [pixels of rows e0..e1) x Cin] x [Cin x HC] on tensor cores (mma.sync m16n8k16, fp32
-//        accumulate), + bias, ReLU6, hidden channels >= Chid forced to 0 (select), rounded to the I/O dtype and
-//        stored with 16-byte stores into a ring of RR expanded rows (sRing). Without an expand conv the ring
-//        gets the input channels themselves. Rows outside the image are never stored: the depthwise selects 0
-//        for them (the padding lives in the expanded, activated space);
+//        accumulate, starting from the bias), rounded to the I/O dtype, ReLU6 on packed pairs, hidden channels >=
+//        Chid forced to exactly 0 (a mask), 16-byte stores into a ring of RR expanded rows (sRing) whose rows are
+//        separated by zero pixels. Without an expand conv the ring gets the input channels themselves. Rows and
+//        columns outside the image are never computed: the depthwise reads the zero pixels for columns -1 and W
+//        and skips rows -1 and H (the padding lives in the expanded, activated space and is exactly 0);
 //        depthwise 3x3 (stride S) from register sliding windows: a thread computes 7 output pixels x 8 channels
 //        from the 3 x (6S+3) input vectors it needs, fp32 accumulation, + bias, ReLU6, rounded to the I/O dtype
 //        (as eager PyTorch does before the project conv) -> sDW [R*Wo pixels x ChidP];
@@ -19,12 +20,13 @@
 // expanded once per band. Chunk mode (several chunks, used when all hidden channels of the ring do not fit):
 // one step per band, the ring holds the band's rows for one chunk at a time.
 //
-// Both GEMMs use a K permutation shared by A and B (thread q of a quad owns the 8 consecutive channels
-// 8q..8q+7 of each 32-wide K slice), so all fragments load as 16-byte vectors from natural row-major layouts,
-// and an N permutation (column c of n-tile j is channel 8*(c/2) + 2j + c%2 of a 32-wide N slice), so each
-// thread's accumulators hold 8 consecutive channels of a pixel and store as one 16-byte vector.
+// Both GEMMs: A fragments by ldmatrix.x4 from the natural [pixel][channel] shared layout; B fragments (weights,
+// packed by the binding's pack_k32 into fragment order) by one 16-byte __ldg per n-tile and 32-wide K block; an N
+// permutation (column c of n-tile j is channel 8*(c/2) + 2j + c%2 of a 32-wide N slice), so each thread's
+// accumulators hold 8 consecutive channels of a pixel and store as one 16-byte vector.
 //
-// ReLU6 is v < 0 ? 0 : (v > 6 ? 6 : v): NaN passes through as in PyTorch (fminf/fmaxf would drop it).
+// ReLU6 is __hmax2_nan / __hmin2_nan on the rounded pairs: NaN passes through as in PyTorch (fminf/fmaxf would
+// drop it); rounding is monotonic and 0, 6 are exact, so this equals rounding the float clamp.
 // Offsets into x and y are int64; the in-CTA pixel counts are small (bounded by shared memory).
 // No torch headers here; the binding (inverted_residual_binding.cpp) validates, pads and allocates.
 #include "inverted_residual_cuda.cuh"
