@@ -83,6 +83,8 @@ class Pool {
   void ensure_helpers(int want) {
     if (owner_pid_ != getpid()) {  // after fork(): the child has none of the parent's threads
       threads_.clear();             // (the std::thread objects are leaked on purpose: see below)
+      active_.store(0);             // counts of the parent's helpers, which do not exist here
+      sleepers_.store(0);
       owner_pid_ = getpid();
     }
     while ((int)threads_.size() < want) {
