@@ -338,12 +338,14 @@ class BlockConfig:
     se_act: str = "relu"
     se_gate: str = "sigmoid"
     act_project: str = "none"
+    dw_start: int = 0        # kernel size of a leading depthwise conv (MobileNetV4 UIB ExtraDW), 0: none
 
     @property
     def is_mobilenet_v2(self) -> bool:
         """The configuration torch.ops.mnv2.inverted_residual (and every fused kernel) computes."""
         return (self.kernel == 3 and self.act_expand == "relu6" and self.act_dw == "relu6"
-                and self.padding == "symmetric" and not self.se and self.act_project == "none")
+                and self.padding == "symmetric" and not self.se and self.act_project == "none"
+                and not self.dw_start)
 
     def features(self) -> List[str]:
         """What the block needs beyond the MobileNetV2 block, in words (empty for a MobileNetV2 block)."""
@@ -359,6 +361,8 @@ class BlockConfig:
             out.append(f"squeeze-excite ({self.se_act}, {self.se_gate})")
         if self.act_project != "none":
             out.append(f"{self.act_project} after the project conv")
+        if self.dw_start:
+            out.append(f"leading {self.dw_start}x{self.dw_start} depthwise")
         return out
 
 
@@ -372,6 +376,7 @@ class ExSupport:
     se_acts: Tuple[str, ...] = ()        # empty: no squeeze-excite
     se_gates: Tuple[str, ...] = ()
     project_acts: Tuple[str, ...] = ("none",)
+    dw_start_kernels: Tuple[int, ...] = ()
     op: Optional[Callable[..., torch.Tensor]] = field(default=None, repr=False)  # None: not registered yet
 
     def refusals(self, cfg: BlockConfig) -> List[str]:
@@ -380,6 +385,8 @@ class ExSupport:
             out.append(f"no {cfg.kernel}x{cfg.kernel} depthwise")
         if cfg.padding not in self.paddings:
             out.append(f"no {cfg.padding} padding")
+        if cfg.dw_start and cfg.dw_start not in self.dw_start_kernels:
+            out.append(f"no leading {cfg.dw_start}x{cfg.dw_start} depthwise")
         if cfg.act_project not in self.project_acts:
             out.append(f"no {cfg.act_project} after the project conv")
         if cfg.se and (cfg.se_act not in self.se_acts or cfg.se_gate not in self.se_gates):
@@ -404,6 +411,7 @@ EX_SUPPORT: Dict[str, ExSupport] = {
                            se_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
                            se_gates=("sigmoid", "hardsigmoid"),
                            project_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
+                           dw_start_kernels=(3, 5, 7),
                            op=_ex_reference_op),
 }
 

@@ -68,11 +68,14 @@ class FoldedBlockEx(NamedTuple):
     b_se_expand: Optional[torch.Tensor]  # [Chid]
     w_project: torch.Tensor              # [Cout, Chid] (layer scale folded in)
     b_project: torch.Tensor              # [Cout]
+    w_dw_start: Optional[torch.Tensor] = None  # [Cin, k0, k0] leading depthwise (MobileNetV4 UIB) or None
+    b_dw_start: Optional[torch.Tensor] = None  # [Cin]
 
 
 def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
                   se: Optional[Tuple[nn.Conv2d, nn.Conv2d]], project: Tuple[nn.Conv2d, nn.BatchNorm2d],
-                  layer_scale: Optional[torch.Tensor], dtype: torch.dtype) -> FoldedBlockEx:
+                  layer_scale: Optional[torch.Tensor], dtype: torch.dtype,
+                  dw_start: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]] = None) -> FoldedBlockEx:
     """Folds a generalised block: BN into expand / depthwise / project, the squeeze-excite convs as they are
     (no BN; a missing bias is zeros), a layer scale gamma [Cout] into the project (W *= gamma, b *= gamma)."""
     def cast(t):
@@ -99,4 +102,8 @@ def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise:
     if layer_scale is not None:
         g = layer_scale.detach().to(torch.float64)
         w, b = w * g[:, None], b * g
-    return FoldedBlockEx(w_e, b_e, w_d, b_d, *se_t, cast(w), cast(b))
+    w0 = b0 = None
+    if dw_start is not None:
+        w0, b0 = fold_conv_bn(*dw_start)
+        w0, b0 = cast(w0[:, 0]), cast(b0)
+    return FoldedBlockEx(w_e, b_e, w_d, b_d, *se_t, cast(w), cast(b), w0, b0)

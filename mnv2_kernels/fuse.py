@@ -107,8 +107,8 @@ def _multi_depthwise_blocks(modules: Dict[str, nn.Module], counts: Dict[str, int
             out[path] = (f"mixed depthwise kernel sizes {sizes} in one layer (MixConv: channel groups "
                          "concatenated): not in the block contract; a block per kernel-size group is future work")
         else:
-            out[path] = (f"{counts[path]} depthwise convs in one block (MobileNetV4's universal inverted "
-                         "bottleneck with a leading depthwise, 'ExtraDW'): not in the block contract yet")
+            out[path] = (f"{counts[path]} depthwise convs in one block, and not a universal inverted bottleneck "
+                         "with one leading depthwise (MobileNetV4 'ExtraDW')")
     return out
 
 
@@ -169,9 +169,35 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     modules = dict(model.named_modules())
     report = FuseReport()
     replacements = []
+    def place(chosen_path: str, plan) -> None:
+        """Queues the replacement of one recognised block and reports it."""
+        if isinstance(plan, BlockPlanEx):
+            cfg = plan.config()
+            gap = backends.ex_kernel_gaps(cfg, device)
+            refusals = backends.ex_refusals(cfg, device)
+            if backend != "auto" and refusals[backend]:
+                report.append(BlockReport(chosen_path, False, f"{plan.describe()}: backend={backend!r} cannot run "
+                                          f"it ({'; '.join(refusals[backend])}); fuse with backend='auto' or "
+                                          "'reference' to run it folded on the reference path"))
+                return
+            served = [n for n in backends.auto_priority(device) if not refusals[n]] if backend == "auto" else [backend]
+            replacements.append((chosen_path, plan))
+            if served and served[0] != "reference":
+                report.append(BlockReport(chosen_path, True, plan.describe()))
+            else:
+                report.append(BlockReport(chosen_path, False, f"{plan.describe()}; {gap}", kind="reference"))
+            return
+        replacements.append((chosen_path, plan))
+        report.append(BlockReport(chosen_path, True, plan.describe()))
+
     multi = _multi_depthwise_blocks(modules, counts)
     for path, reason in multi.items():
-        report.append(BlockReport(path, False, reason))
+        if isinstance(modules[path], FusedInvertedResidual):
+            continue  # fused by an earlier call
+        try:
+            place(path, recognize_block_ex(modules[path]))   # MobileNetV4 UIB ExtraDW: a leading depthwise
+        except NotFusable as exc:
+            report.append(BlockReport(path, False, reason if "MixConv" in reason else f"{reason}: {exc}"))
     for path, m in modules.items():
         if counts[path] != 1 or not m._modules:
             continue
@@ -204,24 +230,7 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
             continue
         with_residual = [pp for pp in plans if pp[1].residual]
         chosen_path, plan = (with_residual or plans)[-1]  # innermost, preferring one that owns the shortcut
-        if isinstance(plan, BlockPlanEx):
-            cfg = plan.config()
-            gap = backends.ex_kernel_gaps(cfg, device)
-            refusals = backends.ex_refusals(cfg, device)
-            if backend != "auto" and refusals[backend]:
-                report.append(BlockReport(chosen_path, False, f"{plan.describe()}: backend={backend!r} cannot run "
-                                          f"it ({'; '.join(refusals[backend])}); fuse with backend='auto' or "
-                                          "'reference' to run it folded on the reference path"))
-                continue
-            served = [n for n in backends.auto_priority(device) if not refusals[n]] if backend == "auto" else [backend]
-            replacements.append((chosen_path, plan))
-            if served and served[0] != "reference":
-                report.append(BlockReport(chosen_path, True, plan.describe()))
-            else:
-                report.append(BlockReport(chosen_path, False, f"{plan.describe()}; {gap}", kind="reference"))
-            continue
-        replacements.append((chosen_path, plan))
-        report.append(BlockReport(chosen_path, True, plan.describe()))
+        place(chosen_path, plan)
     taken = [p for p, _ in replacements] + [p for p, m in modules.items()
                                              if isinstance(m, (FusedInvertedResidual, FoldedConvBNAct))]
     folds = _fold_conv_bn_modules(model, taken, report) if fold_conv_bn else []

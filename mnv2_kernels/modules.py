@@ -496,7 +496,7 @@ class FoldedInvertedResidual(FusedInvertedResidual):
         return recognize_block_ex(self._original)
 
     def _plan_paths(self, plan) -> Tuple[str, ...]:
-        return (*(plan.expand or ()), *plan.depthwise, *(plan.se or ()), *plan.project,
+        return (*(plan.dw_start or ()), *(plan.expand or ()), *plan.depthwise, *(plan.se or ()), *plan.project,
                 *((plan.layer_scale,) if plan.layer_scale else ()))
 
     def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
@@ -507,12 +507,13 @@ class FoldedInvertedResidual(FusedInvertedResidual):
         from .folding import fold_block_ex
         plan = self.__dict__["plan"]
         m = list(targets)
+        dw0 = (m.pop(0), m.pop(0)) if plan.dw_start else None
         exp = (m.pop(0), m.pop(0)) if plan.expand else None
         dw = (m.pop(0), m.pop(0))
         se = (m.pop(0), m.pop(0)) if plan.se else None
         proj = (m.pop(0), m.pop(0))
         ls = m.pop(0).gamma if plan.layer_scale else None
-        return fold_block_ex(exp, dw, se, proj, ls, dtype=dtype)
+        return fold_block_ex(exp, dw, se, proj, ls, dtype=dtype, dw_start=dw0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._fused_structure(x)
@@ -520,7 +521,9 @@ class FoldedInvertedResidual(FusedInvertedResidual):
             return self._original(x)
         entry = self._folded(st, x.dtype, x.device)
         p = st.plan
-        opts = (p.stride, p.residual, p.act_expand, p.act_dw, p.padding, p.se_act, p.se_gate, p.act_project)
+        f = entry.folded
+        args = (x, *f[:10], p.stride, p.residual, p.act_expand, p.act_dw, p.padding, p.se_act, p.se_gate,
+                p.act_project, f.w_dw_start, f.b_dw_start, p.stride_start)
         if entry.run is None:  # traced by torch.compile / torch.export
-            return torch.ops.mnv2.inverted_residual_ex(x, *entry.folded, *opts)
-        return entry.run(x, *entry.folded, *opts)
+            return torch.ops.mnv2.inverted_residual_ex(*args)
+        return entry.run(*args)

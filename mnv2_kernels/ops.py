@@ -122,7 +122,7 @@ def inverted_residual(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expan
 _EX_ARGS = ("(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, Tensor? w_se_reduce, "
             "Tensor? b_se_reduce, Tensor? w_se_expand, Tensor? b_se_expand, Tensor w_project, Tensor b_project, "
             "int stride, bool residual, str act_expand, str act_dw, str padding, str se_act, str se_gate, "
-            "str act_project) -> Tensor")
+            "str act_project, Tensor? w_dw_start, Tensor? b_dw_start, int stride_start) -> Tensor")
 _lib.define("inverted_residual_ex" + _EX_ARGS)
 
 _EX = "mnv2.inverted_residual_ex: "
@@ -130,7 +130,8 @@ _EX = "mnv2.inverted_residual_ex: "
 
 def check_inverted_residual_ex_args(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand,
                                     b_se_expand, w_project, b_project, stride, residual, act_expand, act_dw,
-                                    padding, se_act, se_gate, act_project):
+                                    padding, se_act, se_gate, act_project, w_dw_start=None, b_dw_start=None,
+                                    stride_start=1):
     """Validates the generalised op's arguments (docs/CONTRACT.md); returns (N, Cout, Ho, Wo).
 
     ValueError for shapes, channel counts, kernel size, stride, residual, option names and devices; TypeError
@@ -163,6 +164,20 @@ def check_inverted_residual_ex_args(x, w_expand, b_expand, w_dw, b_dw, w_se_redu
         Crd = w_se_reduce.shape[0]
         expected.update(w_se_reduce=(w_se_reduce, [Crd, Chid]), b_se_reduce=(b_se_reduce, [Crd]),
                         w_se_expand=(w_se_expand, [Chid, Crd]), b_se_expand=(b_se_expand, [Chid]))
+    if (w_dw_start is None) != (b_dw_start is None):
+        raise ValueError(_EX + "w_dw_start and b_dw_start must both be given or both be None")
+    H1, W1 = H, W
+    if w_dw_start is not None:
+        k0 = w_dw_start.shape[-1]
+        if k0 not in KERNEL_SIZES:
+            raise ValueError(_EX + f"w_dw_start must be [Cin, k, k] with k in {KERNEL_SIZES}, got "
+                                   f"{list(w_dw_start.shape)}")
+        expected.update(w_dw_start=(w_dw_start, [Cin, k0, k0]), b_dw_start=(b_dw_start, [Cin]))
+        if stride_start not in (1, 2):
+            raise ValueError(_EX + f"stride_start must be 1 or 2, got {stride_start}")
+        H1, W1 = (H - 1) // stride_start + 1, (W - 1) // stride_start + 1
+    elif stride_start != 1:
+        raise ValueError(_EX + f"stride_start is {stride_start} but there is no leading depthwise (w_dw_start)")
     for name, (t, shape) in expected.items():
         if list(t.shape) != shape:
             raise ValueError(_EX + f"{name} must have shape {shape}, got {list(t.shape)}")
@@ -173,15 +188,16 @@ def check_inverted_residual_ex_args(x, w_expand, b_expand, w_dw, b_dw, w_se_redu
             raise TypeError(_EX + f"{name} is {t.dtype} but x is {x.dtype}; call .to({x.dtype}) on the module")
     if stride not in (1, 2):
         raise ValueError(_EX + f"stride must be 1 or 2, got {stride}")
-    if residual and not (stride == 1 and Cin == Cout):
-        raise ValueError(_EX + f"residual needs stride 1 and Cin == Cout, got stride {stride}, {Cin} -> {Cout}")
+    if residual and not (stride == 1 and stride_start == 1 and Cin == Cout):
+        raise ValueError(_EX + f"residual needs stride 1 and Cin == Cout, got stride {stride} (leading "
+                               f"{stride_start}), {Cin} -> {Cout}")
     for name, value, choices in (("act_expand", act_expand, ACTIVATIONS), ("act_dw", act_dw, ACTIVATIONS),
                                  ("se_act", se_act, ACTIVATIONS), ("se_gate", se_gate, SE_GATES),
                                  ("act_project", act_project, ACTIVATIONS),
                                  ("padding", padding, PADDINGS)):
         if value not in choices:
             raise ValueError(_EX + f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return N, Cout, (H - 1) // stride + 1, (W - 1) // stride + 1
+    return N, Cout, (H1 - 1) // stride + 1, (W1 - 1) // stride + 1
 
 
 def _ex_fake(x, *args):
@@ -207,7 +223,9 @@ def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_ex
                          b_se_expand: Optional[torch.Tensor], w_project: torch.Tensor, b_project: torch.Tensor,
                          stride: int, residual: bool, act_expand: str = "relu6", act_dw: str = "relu6",
                          padding: str = "symmetric", se_act: str = "relu", se_gate: str = "sigmoid",
-                         act_project: str = "none", backend: str = "auto") -> torch.Tensor:
+                         act_project: str = "none", w_dw_start: Optional[torch.Tensor] = None,
+                         b_dw_start: Optional[torch.Tensor] = None, stride_start: int = 1,
+                         backend: str = "auto") -> torch.Tensor:
     """One generalised eval-mode block from folded weights (docs/CONTRACT.md, "The generalised block").
 
     Shapes: x [N, Cin, H, W]; w_expand [Chid, Cin] or None; w_dw [Chid, k, k], k in 3, 5, 7; SE tensors
@@ -217,7 +235,9 @@ def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_ex
     Raises ValueError / TypeError (arguments) and RuntimeError (a backend that cannot serve the block).
     """
     cfg = backends.BlockConfig(w_dw.shape[-1], act_expand if w_expand is not None else "relu6", act_dw, padding,
-                               w_se_reduce is not None, se_act, se_gate, act_project)
+                               w_se_reduce is not None, se_act, se_gate, act_project,
+                               0 if w_dw_start is None else w_dw_start.shape[-1])
     run = backends.select_ex(backend, x.device, x.dtype, cfg)
     return run(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, w_project,
-               b_project, stride, residual, act_expand, act_dw, padding, se_act, se_gate, act_project)
+               b_project, stride, residual, act_expand, act_dw, padding, se_act, se_gate, act_project, w_dw_start,
+               b_dw_start, stride_start)

@@ -424,11 +424,14 @@ class BlockPlanEx(BlockPlan):
     se_gate: str = "sigmoid"
     layer_scale: Optional[str] = None      # path of a LayerScale2d folded into the project conv
     act_project: str = "none"              # an activation after the project BN (LCNet), before the add
+    dw_start: Optional[Tuple[str, str]] = None  # (conv, bn) of a leading depthwise (MobileNetV4 UIB ExtraDW)
+    dw_start_kernel: int = 0
+    stride_start: int = 1
 
     def config(self):
         from .backends import BlockConfig
         return BlockConfig(self.kernel, self.act_expand, self.act_dw, self.padding, self.se is not None,
-                           self.se_act, self.se_gate, self.act_project)
+                           self.se_act, self.se_gate, self.act_project, self.dw_start_kernel)
 
     def describe(self) -> str:
         extra = self.config().features() + (["layer scale"] if self.layer_scale else [])
@@ -495,10 +498,17 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
             return "none"
         return name
 
+    def is_dw(tok):
+        return tok[0] == "conv" and tok[2].groups > 1 and tok[2].groups == tok[2].in_channels == tok[2].out_channels
+
+    dw0 = None
+    if (kinds.count("conv") == 4 and kinds[:3] == ["conv", "bn", "conv"] and is_dw(chain[0])
+            and not is_dw(chain[2])):
+        dw0 = (take("conv"), take("bn"))   # MobileNetV4 UIB ExtraDW: leading depthwise, no activation
     exp = None
     act_expand = "relu6"
-    first = chain[0][2] if chain and chain[0][0] == "conv" else None
-    if first is not None and first.kernel_size == (1, 1) and first.groups == 1 and kinds[1:2] == ["bn"]:
+    first = chain[i][2] if i < n and chain[i][0] == "conv" else None
+    if first is not None and first.kernel_size == (1, 1) and first.groups == 1 and kinds[i + 1:i + 2] == ["bn"]:
         exp = (take("conv"), take("bn"))
         act_expand = act_of(take("act"))
         if act_expand == "none" and not problems:
@@ -511,14 +521,14 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     ls = take("ls")
     if ls is not None and act_project != "none":
         problems.append("a layer scale after an activated project conv does not fold")
-    if kinds[:3] == ["conv", "bn", "conv"] and chain[0][2].groups > 1 and chain[0][2].groups == chain[0][2].in_channels:
+    if dw0 is None and kinds.count("conv") >= 3 and kinds[:3] == ["conv", "bn", "conv"] and chain[0][2].groups > 1 and chain[0][2].groups == chain[0][2].in_channels:
         raise NotFusable("it starts with a depthwise conv before its expand conv (MobileNetV4's universal inverted "
                          "bottleneck 'ConvNeXt' variant, leading depthwise): not in the block contract yet")
     if i != n or None in dw or None in proj:
         raise NotFusable("its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
                          "dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn [-> layer scale]"
-                         + (" (two depthwise convs: MobileNetV4's universal inverted bottleneck with a leading "
-                            "depthwise is not in the block contract yet)" if kinds.count("conv") > 3 else ""))
+                         + (" (more than one depthwise conv: only MobileNetV4's leading depthwise -> conv1x1 -> "
+                            "depthwise -> conv1x1 is in the block contract)" if kinds.count("conv") > 3 else ""))
     dw_conv, dw_path = dw[0][2], dw[0][1]
     k = dw_conv.kernel_size
     if not (k[0] == k[1] and k[0] in (3, 5, 7)):
@@ -541,7 +551,20 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         cin = exp[0][2].in_channels
     else:
         cin = chid
-    for conv_tok, bn_tok in [t for t in (exp, dw, proj) if t is not None]:
+    stride_start, k0 = 1, 0
+    if dw0 is not None:
+        c0, p0 = dw0[0][2], dw0[0][1]
+        k0 = c0.kernel_size[0]
+        if c0.kernel_size != (k0, k0) or k0 not in (3, 5, 7) or c0.stride not in ((1, 1), (2, 2)):
+            problems.append(f"{p0} (leading depthwise) has kernel {c0.kernel_size} / stride {c0.stride}")
+        if c0.dilation != (1, 1) or c0.padding_mode != "zeros":
+            problems.append(f"{p0} has dilation {c0.dilation} / padding mode {c0.padding_mode!r}")
+        if _conv_padding_mode(c0, p0, problems) != padding:
+            problems.append(f"{p0} and {dw_path} use different padding modes")
+        if c0.out_channels != cin:
+            problems.append(f"leading depthwise makes {c0.out_channels} channels, expand takes {cin}")
+        stride_start = c0.stride[0]
+    for conv_tok, bn_tok in [t for t in (dw0, exp, dw, proj) if t is not None]:
         try:
             _check_bn(bn_tok[2], bn_tok[1], conv_tok[2].out_channels)
         except NotFusable as exc:
@@ -560,7 +583,7 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
                             f"the depthwise makes {chid}")
     if ls is not None and ls[2].gamma.numel() != cout:
         problems.append(f"layer scale {ls[1]} has {ls[2].gamma.numel()} channels, the block makes {cout}")
-    if residual and not (dw_conv.stride == (1, 1) and cin == cout):
+    if residual and not (dw_conv.stride == (1, 1) and stride_start == 1 and cin == cout):
         problems.append(f"it adds its input but changes shape (stride {dw_conv.stride}, {cin}->{cout})")
     if problems:
         raise NotFusable("; ".join(problems))
@@ -569,4 +592,5 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
                        in_channels=cin, hidden_channels=chid, out_channels=cout, kernel=k[0],
                        act_expand=act_expand if exp is not None else "relu6", act_dw=act_dw, padding=padding,
                        se=se, se_act=se_act, se_gate=se_gate, layer_scale=None if ls is None else ls[1],
-                       act_project=act_project)
+                       act_project=act_project, dw_start=None if dw0 is None else (dw0[0][1], dw0[1][1]),
+                       dw_start_kernel=k0, stride_start=stride_start)

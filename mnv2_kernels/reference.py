@@ -74,27 +74,9 @@ def tf_same_pads(size: int, kernel: int, stride: int) -> Tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def inverted_residual_ex_reference(x: torch.Tensor, w_expand: Optional[torch.Tensor],
-                                   b_expand: Optional[torch.Tensor], w_dw: torch.Tensor, b_dw: torch.Tensor,
-                                   w_se_reduce: Optional[torch.Tensor], b_se_reduce: Optional[torch.Tensor],
-                                   w_se_expand: Optional[torch.Tensor], b_se_expand: Optional[torch.Tensor],
-                                   w_project: torch.Tensor, b_project: torch.Tensor, stride: int, residual: bool,
-                                   act_expand: str, act_dw: str, padding: str, se_act: str,
-                                   se_gate: str, act_project: str = "none") -> torch.Tensor:
-    """The generalised eval-mode inverted-residual block (docs/CONTRACT.md, "The generalised block").
-
-    x: [N, Cin, H, W]; w_expand: [Chid, Cin] or None; b_expand: [Chid] or None; w_dw: [Chid, k, k] (k odd:
-    3, 5, 7); b_dw: [Chid]; w_se_reduce: [Crd, Chid] or None (no squeeze-excite; then all four SE tensors
-    are None); b_se_reduce: [Crd]; w_se_expand: [Chid, Crd]; b_se_expand: [Chid]; w_project: [Cout, Chid];
-    b_project: [Cout]. padding "symmetric" (k // 2 on every side) or "tf_same" (tf_same_pads).
-    act_expand / act_dw / se_act / act_project in ACTIVATIONS (act_project: after the project conv, before
-    the residual add; "none" in every inverted residual, an activation in LCNet's blocks), se_gate in SE_GATES. Returns [N, Cout, Ho, Wo] in x's
-    dtype, Ho = (H - 1) // stride + 1 (both paddings give that for odd k). Pass float64 for an oracle.
-    """
-    h = x
-    if w_expand is not None:
-        h = activation(F.conv2d(h, w_expand[:, :, None, None], b_expand), act_expand)
-    k = w_dw.shape[-1]
+def _depthwise(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, padding: str) -> torch.Tensor:
+    """Depthwise conv (w [C, k, k], b [C]) with symmetric (k // 2) or TF "same" padding."""
+    k = w.shape[-1]
     if padding == "tf_same":
         top, bottom = tf_same_pads(h.shape[-2], k, stride)
         left, right = tf_same_pads(h.shape[-1], k, stride)
@@ -104,7 +86,36 @@ def inverted_residual_ex_reference(x: torch.Tensor, w_expand: Optional[torch.Ten
         pad = k // 2
     else:
         raise ValueError(f"mnv2.inverted_residual_ex: padding must be one of {PADDINGS}, got {padding!r}")
-    h = activation(F.conv2d(h, w_dw[:, None], b_dw, stride=stride, padding=pad, groups=w_dw.shape[0]), act_dw)
+    return F.conv2d(h, w[:, None], b, stride=stride, padding=pad, groups=w.shape[0])
+
+
+def inverted_residual_ex_reference(x: torch.Tensor, w_expand: Optional[torch.Tensor],
+                                   b_expand: Optional[torch.Tensor], w_dw: torch.Tensor, b_dw: torch.Tensor,
+                                   w_se_reduce: Optional[torch.Tensor], b_se_reduce: Optional[torch.Tensor],
+                                   w_se_expand: Optional[torch.Tensor], b_se_expand: Optional[torch.Tensor],
+                                   w_project: torch.Tensor, b_project: torch.Tensor, stride: int, residual: bool,
+                                   act_expand: str, act_dw: str, padding: str, se_act: str,
+                                   se_gate: str, act_project: str = "none", w_dw_start: Optional[torch.Tensor] = None,
+                                   b_dw_start: Optional[torch.Tensor] = None, stride_start: int = 1) -> torch.Tensor:
+    """The generalised eval-mode inverted-residual block (docs/CONTRACT.md, "The generalised block").
+
+    x: [N, Cin, H, W]; w_expand: [Chid, Cin] or None; b_expand: [Chid] or None; w_dw: [Chid, k, k] (k odd:
+    3, 5, 7); b_dw: [Chid]; w_se_reduce: [Crd, Chid] or None (no squeeze-excite; then all four SE tensors
+    are None); b_se_reduce: [Crd]; w_se_expand: [Chid, Crd]; b_se_expand: [Chid]; w_project: [Cout, Chid];
+    b_project: [Cout]. padding "symmetric" (k // 2 on every side) or "tf_same" (tf_same_pads).
+    act_expand / act_dw / se_act / act_project in ACTIVATIONS (act_project: after the project conv, before
+    the residual add; "none" in every inverted residual, an activation in LCNet's blocks), se_gate in SE_GATES.
+    w_dw_start: [Cin, k0, k0] or None, b_dw_start: [Cin]: a leading depthwise conv on the block's input, no
+    activation, stride ``stride_start``, same padding mode (MobileNetV4's universal inverted bottleneck,
+    "ExtraDW"); the residual adds the block's input x. Returns [N, Cout, Ho, Wo] in x's
+    dtype, Ho = (H - 1) // stride + 1 (both paddings give that for odd k). Pass float64 for an oracle.
+    """
+    h = x
+    if w_dw_start is not None:
+        h = _depthwise(h, w_dw_start, b_dw_start, stride_start, padding)
+    if w_expand is not None:
+        h = activation(F.conv2d(h, w_expand[:, :, None, None], b_expand), act_expand)
+    h = activation(_depthwise(h, w_dw, b_dw, stride, padding), act_dw)
     if w_se_reduce is not None:
         s = h.mean((2, 3), keepdim=True)                                               # [N, Chid, 1, 1]
         s = activation(F.conv2d(s, w_se_reduce[:, :, None, None], b_se_reduce), se_act)  # [N, Crd, 1, 1]
