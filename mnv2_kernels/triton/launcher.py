@@ -75,8 +75,8 @@ def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, ha
     # Channel chunks of 32, or 16 where 32 would pad the hidden channels (144 = 9 x 16) or the tile is 128
     # pixels wide (register pressure of the 9 unrolled taps).
     chunk = 32 if chid % 32 == 0 and block_pb <= 64 else 16
-    if chid >= 384 and chid % 64 == 0 and block_pb <= 64:
-        chunk = 64                              # wide blocks: fewer, fuller steps (wgmma N = 64)
+    if chid >= 384 and chid % 64 == 0 and block_pb <= 64 and dtype != torch.float32:
+        chunk = 64          # wide blocks: fewer, fuller steps (wgmma N = 64); float32 FMA dots would spill
     chs = _cdiv(chid, chunk) * chunk
     block_k = max(16, _next_pow2(cin)) if cin <= 64 else 32
     k_steps = _cdiv(cin, block_k)
@@ -104,8 +104,9 @@ def _pick_chunk_config(cin: int, chid: int, cout: int, h: int, w: int, stride: i
     if ho * wo > 64:
         return None
     r = _pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    # Expand tiles of up to 128 pixels (64 for float32, whose FMA dots on [128, K] tiles spill).
     return r._replace(block_pb=64, rows=ho, ring=(ho - 1) * stride + 3,
-                      block_pa=max(64, min(128, _next_pow2(h * w))))
+                      block_pa=max(64, min(64 if dtype == torch.float32 else 128, _next_pow2(h * w))))
 
 
 def _variant_config(variant: str, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
@@ -294,6 +295,12 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
     elif x.device.type != "cuda":
         raise RuntimeError(_PREFIX + f"Triton cannot run tensors on {x.device}; move the block and its input "
                            "to a CUDA device (or to the CPU with TRITON_INTERPRET=1)")
+    ring_cfg = _pick_config(d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride, d.has_expand, d.residual, x.dtype)
+    if d.has_expand and ring_cfg.ring * (d.W + 2) * 64 * _cdiv(d.Chid, 64) >= 2 ** 31:
+        # Offsets inside one program's ring are int32.
+        raise ValueError(_PREFIX + f"an image of {d.H}x{d.W} pixels with {d.Chid} expanded channels is too large "
+                         "for the Triton kernel's per-program scratch; use backend='cuda' or 'cpu', or split the "
+                         "image")
 
     y = torch.empty((d.N, d.Cout, d.Ho, d.Wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     if d.N > 0:
