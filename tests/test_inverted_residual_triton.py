@@ -256,6 +256,16 @@ def test_errors():
 
 
 @interpreter_only
+def test_ring_past_int32_offsets_refused():
+    """A program's ring (3 rows x (W + 2) x Chid here) indexes with int32: past 2^31 elements the launcher
+    refuses before allocating, saying what to do."""
+    args = random_block_args(8, 2048, 8, n=1, h=1, w=1)
+    x = torch.zeros(1, 8, 1, 400_000)
+    with pytest.raises(ValueError, match="too large for the Triton kernel's per-program scratch; use backend="):
+        inverted_residual_triton(x, *args[1:])
+
+
+@interpreter_only
 def test_bfloat16_cpu_refused():
     """Triton's interpreter computes bfloat16 tl.dot wrongly: the launcher refuses it, saying what to do."""
     args = random_block_args(8, 48, 8, residual=True, dtype=torch.bfloat16)
