@@ -78,7 +78,10 @@ def _pick_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, ha
     if chid >= 384 and chid % 64 == 0 and block_pb <= 64 and dtype != torch.float32:
         chunk = 64          # wide blocks: fewer, fuller steps (wgmma N = 64); float32 FMA dots would spill
     chs = _cdiv(chid, chunk) * chunk
-    block_k = max(16, _next_pow2(cin)) if cin <= 64 else 32
+    # Input channels per expand step: all of them (padded to a power of two) up to 128 (float32: 64, its FMA
+    # dots pay for the padding), so the x tile is loaded once per expand tile and stays in shared memory
+    # across the chunks; else steps of 32.
+    block_k = max(16, _next_pow2(cin)) if cin <= (64 if dtype == torch.float32 else 128) else 32
     k_steps = _cdiv(cin, block_k)
     # Project tiles: one power-of-two tile up to 128 channels without a residual; else tiles of equal width,
     # the widest of 64, 32, 16 channels (at most 4096 fp32 accumulators, 32 registers a thread) that pads Cout
@@ -104,6 +107,8 @@ def _pick_chunk_config(cin: int, chid: int, cout: int, h: int, w: int, stride: i
     if ho * wo > 64:
         return None
     r = _pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    if cin > 64:    # the chunk kernel reloads x every chunk: 32-channel K steps, no padding to 128
+        r = r._replace(block_k=32, k_steps=_cdiv(cin, 32))
     # Expand tiles of up to 128 pixels (64 for float32, whose FMA dots on [128, K] tiles spill).
     return r._replace(block_pb=64, rows=ho, ring=(ho - 1) * stride + 3,
                       block_pa=max(64, min(64 if dtype == torch.float32 else 128, _next_pow2(h * w))))
