@@ -14,7 +14,7 @@
 
 #include "cpu_kernel.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: `#pragma GCC target` regions
 #define MNV2_VW 16
 #pragma GCC push_options
 #pragma GCC diagnostic push
