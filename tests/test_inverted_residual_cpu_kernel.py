@@ -457,3 +457,23 @@ def test_dense_relu6_mean_matches_conv_relu6_pool():
     x[1, 3, 2, 2] = float("nan")
     y = torch.ops.mnv2.dense_relu6_mean(x, w, b)
     assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_runs_the_kernel():
+    """The pool's helper threads do not survive fork(): a child (a DataLoader worker, say) makes its own."""
+    import os
+    ws = make_weights(24, 6, 24, seed=6)
+    x = make_input(3, 24, 20, 20, "cl", torch.float32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = op(x, *ws, 1, True)  # starts the parent's helpers
+        pid = os.fork()
+        if pid == 0:  # child: exit code 0 only if every call is right
+            ok = all(torch.equal(op(x, *ws, 1, True), y) for _ in range(5))
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(old)
+    assert status == 0
