@@ -134,12 +134,15 @@ def _scratch_bytes(variant: str, cfg: _Config, w: int, itemsize: int, has_expand
     return ring + cfg.block_pb * cfg.chs * itemsize
 
 
+def _programs_per_sm(scratch_bytes: int, sms: int, per_sm: int) -> int:
+    """k programs on every SM: k <= per_sm, the grid's scratch within _L2_SCRATCH_BYTES, k >= 1."""
+    return max(1, min(per_sm, _L2_SCRATCH_BYTES // max(1, scratch_bytes * sms)))
+
+
 def _programs(items: int, scratch_bytes: int, sms: int, per_sm: int) -> int:
     """Persistent grid size: the same number of programs on every SM (k * sms; programs get equal item counts,
-    so an SM with one program more would take that much longer), k <= per_sm and the grid's scratch within
-    _L2_SCRATCH_BYTES (k >= 1); never more programs than items."""
-    k = max(1, min(per_sm, _L2_SCRATCH_BYTES // max(1, scratch_bytes * sms)))
-    return max(1, min(items, k * sms))
+    so an SM with one program more would take that much longer); never more programs than items."""
+    return max(1, min(items, _programs_per_sm(scratch_bytes, sms, per_sm) * sms))
 
 
 def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
@@ -150,10 +153,11 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     bands = _cdiv(ho, cfg.rows)
     items = n * bands
-    programs = _programs(items, _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand), sms, per_sm)
-    if programs <= sms and per_sm > 1:
+    scratch = _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand)
+    programs = _programs(items, scratch, sms, per_sm)
+    if per_sm > 1 and _programs_per_sm(scratch, sms, per_sm) == 1:
         # One program per SM (the L2 budget allows no more): 8 warps, so that each scheduler has two to
-        # switch between while the other waits on memory.
+        # switch between while the other waits on memory. Independent of the batch (one compile).
         cfg = cfg._replace(num_warps=8)
     elif variant == "chunk" and cfg.chunk == 64:
         # 64-channel steps of the chunk kernel at 4 warps spill in the sm_90a build (block 14): 32.
