@@ -24,7 +24,8 @@ class BlockReport:
     fused: bool
     detail: str           # the block's shape when fused, the reason when skipped
     kind: str = "block"   # "block" (inverted residual), "reference" (a generalised block folded onto the
-                          # reference path: fused=False) or "conv_bn" (a conv -> BN [-> act] outside blocks)
+                          # reference path: fused=False), "conv_bn" (a conv -> BN [-> act] outside blocks) or
+                          # "other" (a depthwise conv outside any inverted residual, left alone; not a block)
 
     def __str__(self) -> str:
         what = "fused" if self.fused else "skipped"
@@ -226,7 +227,10 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
                     if p == path:
                         outer_reason = str(exc)
         if not plans:
-            report.append(BlockReport(path, False, outer_reason or "no inverted-residual pattern"))
+            why = outer_reason or "no inverted-residual pattern"
+            # a module around a depthwise conv that is no inverted residual at all (attention's key/value
+            # downsampling) is listed, but not counted as a skipped block
+            report.append(BlockReport(path, False, why, kind="other" if "not an inverted residual" in why else "block"))
             continue
         with_residual = [pp for pp in plans if pp[1].residual]
         chosen_path, plan = (with_residual or plans)[-1]  # innermost, preferring one that owns the shortcut

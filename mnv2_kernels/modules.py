@@ -52,7 +52,8 @@ def _geometry(m: nn.Module) -> tuple:
 
 
 # Layers that compute the same in training and eval mode (a freshly built Conv2d is in training mode).
-_MODE_FREE = (nn.Conv2d, nn.Hardtanh, nn.ReLU, nn.Identity, nn.Sequential)
+_MODE_FREE = (nn.Conv2d, nn.Hardtanh, nn.ReLU, nn.Identity, nn.Sequential, nn.Hardswish, nn.SiLU, nn.GELU,
+              nn.Sigmoid, nn.Hardsigmoid, nn.AdaptiveAvgPool2d)
 
 
 def _fallback_reason(nodes: tuple) -> Optional[str]:

@@ -157,6 +157,9 @@ def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = 
             chain.insert(0, ("act", str(node), nn.ReLU6()))
         elif extended and _functional_act(node) is not None:
             chain.insert(0, ("act", _functional_act(node), None))
+        elif extended and node.op == "call_function" and node.target in (torch.cat, torch.split):
+            raise NotFusable("it splits channels into groups and concatenates them (MixNet's grouped 1x1 convs / "
+                             "MixConv): not in the block contract; a block per group is future work")
         elif (extended and node.op in ("call_function", "call_method")
               and getattr(node.target, "__name__", node.target) in ("mul", "mul_")):
             raise NotFusable("it multiplies inside its forward (squeeze-excite written inline?); put the "
@@ -524,6 +527,9 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     if dw0 is None and kinds.count("conv") >= 3 and kinds[:3] == ["conv", "bn", "conv"] and chain[0][2].groups > 1 and chain[0][2].groups == chain[0][2].in_channels:
         raise NotFusable("it starts with a depthwise conv before its expand conv (MobileNetV4's universal inverted "
                          "bottleneck 'ConvNeXt' variant, leading depthwise): not in the block contract yet")
+    if kinds and kinds[-1] == "conv" and "bn" in kinds:
+        raise NotFusable("its last conv has no BatchNorm after it: not an inverted residual (e.g. MobileNetV4 "
+                         "attention's key/value downsampling: " + " -> ".join(kinds) + ")")
     if i != n or None in dw or None in proj:
         raise NotFusable("its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
                          "dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn [-> layer scale]"
