@@ -481,7 +481,9 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     se_found = _find_se_modules(block)
     chain, residual = _tokens(block, frozenset(se_found), extended=True)
     kinds = [k for k, _, _ in chain]
-    problems: List[str] = []
+    problems: List[str] = [f"activation {p} is {type(m).__name__}, which is not one of relu6, relu, hardswish, "
+                           "silu, gelu (a subclass with its own forward is not either)"
+                           for k, p, m in chain if k == "act" and m is not None and activation_name(m) is None]
     i, n = 0, len(chain)
 
     def take(kind):
@@ -495,7 +497,9 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         if tok is None:
             return "none"
         name = tok[1] if tok[2] is None else activation_name(tok[2])
-        if name is None or name in ("sigmoid", "hardsigmoid"):
+        if name is None:
+            return "none"   # listed in ``problems`` already
+        if name in ("sigmoid", "hardsigmoid"):
             problems.append(f"activation {tok[1]} is {type(tok[2]).__name__}; the contract has "
                             "relu6, relu, hardswish, silu, gelu")
             return "none"
@@ -531,10 +535,10 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         raise NotFusable("its last conv has no BatchNorm after it: not an inverted residual (e.g. MobileNetV4 "
                          "attention's key/value downsampling: " + " -> ".join(kinds) + ")")
     if i != n or None in dw or None in proj:
-        raise NotFusable("its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
+        raise NotFusable("; ".join(problems + ["its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
                          "dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn [-> layer scale]"
                          + (" (more than one depthwise conv: only MobileNetV4's leading depthwise -> conv1x1 -> "
-                            "depthwise -> conv1x1 is in the block contract)" if kinds.count("conv") > 3 else ""))
+                            "depthwise -> conv1x1 is in the block contract)" if kinds.count("conv") > 3 else "")]))
     dw_conv, dw_path = dw[0][2], dw[0][1]
     k = dw_conv.kernel_size
     if not (k[0] == k[1] and k[0] in (3, 5, 7)):
