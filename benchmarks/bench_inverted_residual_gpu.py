@@ -34,7 +34,7 @@ from mnv2_kernels.testing import randomize_bn_
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-# Roofline figures (H200): measured copy bandwidth (shared/NOTES.md section 6) and a dense fp16 GEMM rate.
+# Roofline figures (H200): copy bandwidth and a dense fp16 GEMM rate (RESULTS.md, static model section).
 PEAK_BYTES_PER_S = 4.3e12
 PEAK_FLOPS_PER_S = 800e12
 

@@ -443,3 +443,19 @@ def test_load_rows_incremental_indices():
                         pix += 1
                         src += wrap
             assert seen == {(p, 8 * v) for p in range(tot_pix) for v in range(vpp)}
+
+
+def test_build_check_block_table_is_the_packages():
+    """tools/cuda_build_check.py keeps its own copy of the block shapes (plus eager times): it must agree with
+    mnv2_kernels.models.mobilenet_v2_blocks(), the one table derived from the model."""
+    import importlib.util
+
+    from mnv2_kernels.models import mobilenet_v2_blocks
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "cuda_build_check.py")
+    spec = importlib.util.spec_from_file_location("cuda_build_check", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ours = [(b.name, b.cin, b.chid, b.cout, b.h, b.stride, b.residual) for b in mobilenet_v2_blocks()]
+    assert [tuple(row[:7]) for row in tool.BLOCKS] == ours
+    assert sum(row[7] for row in tool.BLOCKS) == len(mobilenet_v2_blocks(distinct=False))

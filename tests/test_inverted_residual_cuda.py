@@ -27,6 +27,7 @@ import mnv2_kernels  # noqa: E402  (defines the ops, loads the kernels)
 from mnv2_kernels import _ext, ops  # noqa: E402
 from mnv2_kernels.reference import inverted_residual_reference  # noqa: E402
 from mnv2_kernels.testing import random_block_args, to_float64  # noqa: E402
+from mnv2_kernels.models import mobilenet_v2_blocks  # noqa: E402
 
 _HAS_CUDA = torch.cuda.is_available()
 _CUDA_EXT_SPEC = importlib.util.find_spec("mnv2_kernels._C_cuda")
@@ -103,15 +104,10 @@ def _cfg_id(c):
     return f"n{n}-{cin}-{chid}-{cout}-{h}x{w}-s{s}{'-res' if res else ''}{'' if exp else '-noexp'}"
 
 
-# MobileNetV2 blocks at 224x224 (shared/NOTES.md section 2 numbering; 5-6, 8-10, 12-13, 15-16 repeat a shape):
+# MobileNetV2 blocks at 224x224, from the package's one block table (mnv2_kernels.models.mobilenet_v2_blocks):
 # (name, Cin, Chid, Cout, stride, H = W); block 1 also without its expand conv.
-MBV2_BLOCKS = [("1", 32, 32, 16, 1, 112), ("2", 16, 96, 24, 2, 112), ("3", 24, 144, 24, 1, 56),
-               ("4", 24, 144, 32, 2, 56), ("5", 32, 192, 32, 1, 28), ("6", 32, 192, 32, 1, 28),
-               ("7", 32, 192, 64, 2, 28), ("8", 64, 384, 64, 1, 14), ("9", 64, 384, 64, 1, 14),
-               ("10", 64, 384, 64, 1, 14), ("11", 64, 384, 96, 1, 14), ("12", 96, 576, 96, 1, 14),
-               ("13", 96, 576, 96, 1, 14), ("14", 96, 576, 160, 2, 14), ("15", 160, 960, 160, 1, 7),
-               ("16", 160, 960, 160, 1, 7), ("17", 160, 960, 320, 1, 7)]
-DISTINCT_BLOCKS = [b for b in MBV2_BLOCKS if b[0] in ("1", "2", "3", "4", "5", "7", "8", "11", "12", "14", "15", "17")]
+MBV2_BLOCKS = [(b.name, b.cin, b.chid, b.cout, b.stride, b.h) for b in mobilenet_v2_blocks(distinct=False)]
+DISTINCT_BLOCKS = [(b.name.split("-")[0], b.cin, b.chid, b.cout, b.stride, b.h) for b in mobilenet_v2_blocks()]
 
 
 def _poison_allocator(nbytes):

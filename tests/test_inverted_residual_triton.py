@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 
 import mnv2_kernels  # noqa: E402,F401  (defines torch.ops.mnv2.*)
 from mnv2_kernels.reference import inverted_residual_reference  # noqa: E402
+from mnv2_kernels.models import mobilenet_v2_blocks  # noqa: E402
 from mnv2_kernels.testing import random_block_args, to_float64  # noqa: E402
 from mnv2_kernels.triton import inverted_residual_triton  # noqa: E402
 
@@ -317,12 +318,9 @@ GPU_ATOL = {torch.float32: 1e-5, torch.float16: 5e-4, torch.bfloat16: 4e-3}
 GPU_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 PRECOMPILE_TIMEOUT_S = 45
 
-# MobileNetV2 block shapes at 224x224 input (shared/NOTES.md section 2; blocks 5-6, 8-10, 12-13, 15-16
-# repeat a shape): (blocks, cin, t, cout, stride, h); the first block also without its expand conv.
-MBV2_BLOCKS = [("1", 32, 1, 16, 1, 112), ("2", 16, 6, 24, 2, 112), ("3", 24, 6, 24, 1, 56),
-               ("4", 24, 6, 32, 2, 56), ("5-6", 32, 6, 32, 1, 28), ("7", 32, 6, 64, 2, 28),
-               ("8-10", 64, 6, 64, 1, 14), ("11", 64, 6, 96, 1, 14), ("12-13", 96, 6, 96, 1, 14),
-               ("14", 96, 6, 160, 2, 14), ("15-16", 160, 6, 160, 1, 7), ("17", 160, 6, 320, 1, 7)]
+# MobileNetV2 block shapes at 224x224 input, from the package's one block table (blocks 5-6, 8-10, 12-13,
+# 15-16 repeat a shape): (blocks, cin, t, cout, stride, h); the first block also without its expand conv.
+MBV2_BLOCKS = [(b.name, b.cin, b.chid // b.cin, b.cout, b.stride, b.h) for b in mobilenet_v2_blocks()]
 GPU_SHAPES = [(f"b{b}", cin, cin * t, cout, s, s == 1 and cin == cout, True, h)
               for b, cin, t, cout, s, h in MBV2_BLOCKS] + [("b1_noexp", 32, 32, 16, 1, False, False, 112)]
 

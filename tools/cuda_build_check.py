@@ -43,7 +43,8 @@ FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-co
          "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
          "-D__CUDA_NO_HALF2_OPERATORS__"]
 
-# MobileNetV2 blocks (shared/NOTES.md section 2 numbering): name, Cin, Chid, Cout, H (= W), stride, residual, repeats,
+# MobileNetV2 blocks (the numbering of mnv2_kernels.models.mobilenet_v2_blocks(), which tests/test_cuda_emulation.py
+# checks this copy against): name, Cin, Chid, Cout, H (= W), stride, residual, repeats,
 # eager µs (RESULTS.md, H200, batch 256, fp16, channels_last).
 BLOCKS = [("1", 32, 32, 16, 112, 1, False, 1, 1027), ("2", 16, 96, 24, 112, 2, False, 1, 1613),
           ("3", 24, 144, 24, 56, 1, True, 1, 1183), ("4", 24, 144, 32, 56, 2, False, 1, 727),
