@@ -81,6 +81,7 @@ def skip_category(detail: str) -> str:
     for key, label in (("MixConv", "MixConv (mixed depthwise kernel sizes in one layer)"),
                        ("MixNet", "MixNet grouped 1x1 convs (channel groups concatenated)"),
                        ("AvgPool2d", "anti-aliasing pool after the depthwise (MobileNetV4 conv_aa / conv_blur)"),
+                       ("BlurPool2d", "anti-aliasing pool after the depthwise (MobileNetV4 conv_aa / conv_blur)"),
                        ("ModuleList", "LCNetV2 re-parameterisable depthwise (branches in a ModuleList, summed)"),
                        ("ConvNeXt", "MobileNetV4 UIB 'ConvNeXt' variant (leading depthwise, no middle depthwise)"),
                        ("backend=", "backend cannot run it")):
