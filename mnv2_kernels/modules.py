@@ -86,6 +86,7 @@ class _CacheEntry(NamedTuple):
     sources: tuple                   # the folded-from tensors, kept alive so their addresses stay unique
     targets: tuple                   # the folded-from modules
     run: Optional[Callable]          # the backend's op for this (device, dtype) (blocks only)
+    original_because: Optional[str] = None   # set: these folded weights must not run fused (why)
 
 
 def _select_op(backend: str, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
@@ -281,6 +282,11 @@ class _FoldedModule(nn.Module):
         """The op that runs the folded weights (None: the subclass runs them itself)."""
         return None
 
+    def _refuse_folded(self, folded: Any) -> Optional[str]:
+        """Why these folded weights must run the original's forward instead (None: they may run fused).
+        Checked once per fold, never per call."""
+        return None
+
     def _folded(self, st: _Structure, dtype: torch.dtype, device: Optional[torch.device]) -> _CacheEntry:
         if torch.compiler.is_compiling():  # traced: inductor treats the folding as constant work
             return _CacheEntry((), self._fold(st.targets, dtype), (), st.targets, None)
@@ -310,7 +316,8 @@ class _FoldedModule(nn.Module):
                     # inference_mode(False) (issue 14): folded weights get version counters even when the first
                     # call runs under torch.inference_mode(), so the CPU kernel can cache their packed form.
                     with torch.no_grad(), torch.inference_mode(False):
-                        entry = _CacheEntry(key, self._fold(st.targets, dtype), tuple(tensors), st.targets, run)
+                        folded = self._fold(st.targets, dtype)
+                        entry = _CacheEntry(key, folded, tuple(tensors), st.targets, run, self._refuse_folded(folded))
                 finally:
                     torch._C._set_tracing_state(tracing)
                 cache[slot] = entry
@@ -414,6 +421,15 @@ class FusedInvertedResidual(_FoldedModule):
         exp = (m[0], m[1]) if len(m) == 6 else None
         return fold_block(exp, (m[-4], m[-3]), (m[-2], m[-1]), dtype=dtype)
 
+    def _refuse_folded(self, folded: FoldedBlock) -> Optional[str]:
+        # A NaN/Inf depthwise weight meets the zero padding at the image border: 0 * NaN is NaN by IEEE, but
+        # PyTorch's own convolutions differ there (ATen's CPU depthwise skips padding taps; cuDNN depends on
+        # its algorithm). Only the original's forward puts NaN/Inf exactly where the original does.
+        if folded.w_dw.device.type != "meta" and not bool(torch.isfinite(folded.w_dw).all()):
+            return ("its folded depthwise weights hold NaN or Inf (a conv weight or a BatchNorm statistic), "
+                    "where kernels and PyTorch's convolutions treat the zero padding differently")
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._fused_structure(x)
         if st is None:
@@ -421,6 +437,10 @@ class FusedInvertedResidual(_FoldedModule):
         entry = self._folded(st, x.dtype, x.device)
         if entry.run is None:  # traced by torch.compile / torch.export
             return ops.inverted_residual(x, *entry.folded, st.plan.stride, st.plan.residual, backend=self.backend)
+        if entry.original_because is not None:
+            self._warn_once(entry.original_because, f"mnv2_kernels: {type(self).__name__} runs its original "
+                            f"(unfused) forward: {entry.original_because}")
+            return self._original(x)
         return entry.run(x, *entry.folded, st.plan.stride, st.plan.residual)
 
 

@@ -720,3 +720,28 @@ def test_models_attribute_without_importing_models_first():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("MobileNetV2")
+
+
+def test_non_finite_depthwise_weights_run_the_original_and_say_so():
+    """A NaN/Inf depthwise weight meets the zero padding, where kernels (0 * NaN = NaN) and PyTorch's
+    convolutions (ATen's CPU depthwise skips padding taps; cuDNN by algorithm) differ: the fused module runs
+    the original's forward, decided once per fold, and warns; a finite refresh goes back to the fused path."""
+    block = _block(16, 16, 1, 6)
+    original, fused = _pair(block)
+    x = _x(16, n=2, hw=7)
+    dws = [next(m for m in mod.modules() if isinstance(m, nn.Conv2d) and m.groups > 1) for mod in (original, fused)]
+    with torch.no_grad():
+        for dw in dws:
+            dw.weight[3, 0, 0, 0] = float("nan")
+        ref = original(x)
+        with pytest.warns(mk.FusedPathWarning, match="depthwise weights hold NaN or Inf"):
+            got = fused(x)
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)) and not torch.isnan(ref).all()
+    with torch.no_grad():
+        for dw in dws:
+            dw.weight[3, 0, 0, 0] = 0.25
+        ref = original(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", mk.FusedPathWarning)
+            got = fused(x)
+    assert_matches(got, ref, 1e-4, "after the weight became finite again")
