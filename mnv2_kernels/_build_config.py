@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import platform
 import sys
 from typing import Dict, List
 
@@ -52,10 +51,10 @@ def cuda_sources(relative: bool = False) -> List[str]:
     return [os.path.relpath(f, ROOT) for f in files] if relative else files
 
 
-def cuda_include_dirs() -> List[str]:
-    """Our headers, plus the CUDA headers shipped in pip's nvidia packages (torch 2.14 CUDA wheels) for
-    machines without a full toolkit."""
-    dirs = [COMMON_INCLUDE, os.path.join(CSRC, "cuda")]
+def cuda_include_dirs(root: str = ROOT) -> List[str]:
+    """Our headers (of the checkout at ``root``: the static report also compiles older trees), plus the CUDA
+    headers shipped in pip's nvidia packages (torch 2.14 CUDA wheels) for machines without a full toolkit."""
+    dirs = [os.path.join(root, "csrc", "common"), os.path.join(root, "csrc", "cuda")]
     for p in sys.path:
         for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
             d = os.path.join(p, sub)

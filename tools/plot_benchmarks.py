@@ -18,7 +18,7 @@ import argparse
 import json
 import math
 import sys
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Dict, List
 
 PREFERRED_ORDER = ("eager_cl", "eager", "eager_folded", "eager_folded_cl", "compile_freezing", "compile",

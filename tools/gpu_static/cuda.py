@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]   # setup.py's nvcc flags
 ARCH = "sm_90a"
@@ -25,14 +24,16 @@ def find_nvcc():
 
 
 def include_dirs(src):
-    """setup.py's include dirs: csrc/common, csrc/cuda and the pip nvidia headers on sys.path."""
-    dirs = [os.path.join(src, "csrc", "common"), os.path.join(src, "csrc", "cuda")]
-    for p in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
-            d = os.path.join(p, sub)
-            if os.path.isdir(d):
-                dirs.append(d)
-    return dirs
+    """setup.py's include dirs for the tree at ``src`` (from mnv2_kernels/_build_config.py, the one build
+    description, loaded by path so the package and its extensions are not imported)."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("_mnv2_build_config",
+                                                  os.path.join(here, "mnv2_kernels", "_build_config.py"))
+    cfg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cfg)
+    return cfg.cuda_include_dirs(src)
 
 
 def parse_ptxas(text):
