@@ -87,3 +87,33 @@ def test_build_description_is_source_hashed():
     fp = _build_config.cpu_fingerprint()
     assert fp == _build_config.cpu_fingerprint() and len(fp) == 16
     assert _build_config.cpu_sources() and all(s.endswith(".cpp") for s in _build_config.cpu_sources())
+
+
+_BLOCK_BUILT_EXT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "mnv2_kernels._C":
+            raise ImportError("blocked: as after a plain (build-isolated) pip install -e .")
+sys.meta_path.insert(0, Block())
+import mnv2_kernels._ext as e
+print("CPU_EXT", e.CPU_EXT is not None, e.CPU_EXT_ERROR)
+import torch, mnv2_kernels
+print("ISA", torch.ops.mnv2.cpu_isa())
+"""
+
+
+@pytest.mark.slow
+def test_first_import_build_is_cached_and_later_imports_skip_the_compiler(tmp_path):
+    """A plain `pip install -e .` has no extension: the first import compiles the CPU kernel once (~2 min)
+    into a cache named by the sources' hash; a second import loads it without the compiler (issue 12)."""
+    env = dict(__import__("os").environ, MNV2_EXT_CACHE=str(tmp_path), MNV2_JIT_BUILD="1")
+    first = subprocess.run([sys.executable, "-c", _BLOCK_BUILT_EXT], capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "compiling the CPU extension once" in first.stderr and "CPU_EXT True None" in first.stdout
+    second = subprocess.run([sys.executable, "-c", _BLOCK_BUILT_EXT], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "CPU_EXT True None" in second.stdout and "ISA " in second.stdout
+    assert "compiling" not in second.stderr and "CUDA_HOME" not in second.stderr, second.stderr[-2000:]
