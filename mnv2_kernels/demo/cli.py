@@ -36,12 +36,13 @@ def _progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _check_demo_packages() -> None:
+def _check_demo_packages(photos: bool = True) -> None:
     missing = []
     try:
-        import skimage  # noqa: F401
+        if photos:
+            import skimage  # noqa: F401
     except ImportError:
-        missing.append("scikit-image (pip install -e .[demo])")
+        missing.append("scikit-image for the photos (pip install -e .[demo], or --no-photos)")
     try:
         from ..models import imagenet_weights_path
         imagenet_weights_path()
@@ -141,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         dtype_name = args.dtype or ("float16" if args.device == "cuda" else "float32")
         _check_device(args.device, dtype_name, args.backends)
-        _check_demo_packages()
+        _check_demo_packages(photos=not args.no_photos)
     except UsageError as exc:
         p.exit(2, f"{p.prog}: error: {exc}\n")
     return run(args, torch.device(args.device), getattr(torch, dtype_name))
