@@ -160,8 +160,7 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"mnv2_kernels.fuse: expected a torch.nn.Module (your model), got {type(model).__name__}")
-    if backend not in ops.BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
+    backends.check_name(backend)
     ops.resolve_backend(backend, _first_param_device(model))  # fail early if it cannot serve the model
     if not inplace:
         model = copy.deepcopy(model)

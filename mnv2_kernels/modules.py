@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _nn_module
 
-from . import ops
+from . import backends, ops
 from .folding import FoldedBlock, fold_block, fold_conv_bn
 from .recognize import BlockPlan, ConvBNPlan, NotFusable, recognize_block, recognize_conv_bn
 
@@ -87,6 +87,29 @@ class _CacheEntry(NamedTuple):
     targets: tuple                   # the folded-from modules
     run: Optional[Callable]          # the backend's op for this (device, dtype) (blocks only)
     original_because: Optional[str] = None   # set: these folded weights must not run fused (why)
+
+
+def _clear_kernel_caches() -> None:
+    """Drops the CPU kernel's packed weights. That cache is keyed by tensor identity and version counter, so,
+    like the folded weights, it cannot see `.data` / numpy writes; refresh() and a training/eval switch
+    clear it with the folded weights (it includes weights passed straight from a model, e.g. CPULinear)."""
+    from . import _ext
+
+    clear = getattr(_ext.CPU_EXT, "clear_pack_cache", None)
+    if clear is not None:
+        clear()
+
+
+def _recognized(cls: type, block: nn.Module, recognize: Callable, verb: str) -> Any:
+    """``recognize(block)`` for ``cls.from_module``: TypeError when ``block`` is not a module, ValueError with
+    every reason when it is not the pattern."""
+    if not isinstance(block, nn.Module):
+        raise TypeError(f"{cls.__name__}.from_module: expected a torch.nn.Module (one block), got "
+                        f"{type(block).__name__}")
+    try:
+        return recognize(block)
+    except NotFusable as exc:
+        raise ValueError(f"cannot {verb} {type(block).__name__}: {exc}") from None
 
 
 def _select_op(backend: str, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
@@ -164,8 +187,8 @@ class _FoldedModule(nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         d = self.__dict__
-        if name == "backend" and value not in ops.BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; choose one of {ops.BACKENDS}")
+        if name == "backend":
+            backends.check_name(value)
         original = d.get("_original")
         if (original is not None and name not in d and name in original.__dict__
                 and not isinstance(value, (nn.Module, torch.Tensor))):
@@ -177,12 +200,27 @@ class _FoldedModule(nn.Module):
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(dir(self.__dict__["_original"])))
 
+    # Drop-in for containers too: a replaced Sequential (torchvision's Conv2dNormActivation stem and head)
+    # still indexes, iterates and has a length, as the original does (model.features[0][0].weight).
+    def __getitem__(self, idx):
+        return self.__dict__["_original"][idx]
+
+    def __len__(self) -> int:
+        return len(self.__dict__["_original"])
+
+    def __iter__(self):
+        return iter(self.__dict__["_original"])
+
+    def __bool__(self) -> bool:  # a module is truthy even when the original has no length
+        return True
+
     # -- mode, refresh ----------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
         if mode != self.training:
             # A switch between training and eval drops the folded weights: .data / numpy edits made while
             # training count. (Not on every eval() call: refolding a network costs ~2.5 batch-1 forwards.)
             self.__dict__["_cache"] = {}
+            _clear_kernel_caches()
         super().train(mode)
         self._original.train(mode)
         return self
@@ -198,6 +236,7 @@ class _FoldedModule(nn.Module):
         ``nn.Module`` globally while it runs: do not call it while other threads run models.
         """
         self._invalidate()
+        _clear_kernel_caches()
         return self
 
     def _invalidate(self) -> None:
@@ -383,8 +422,7 @@ class FusedInvertedResidual(_FoldedModule):
     """
 
     def __init__(self, block: nn.Module, plan: BlockPlan, backend: str = "auto"):
-        if backend not in ops.BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
+        backends.check_name(backend)
         super().__init__(block, plan)
         self.__dict__["backend"] = backend
 
@@ -395,14 +433,7 @@ class FusedInvertedResidual(_FoldedModule):
         Raises ValueError naming why the block cannot be fused exactly (see mnv2_kernels.recognize), TypeError
         when ``block`` is not an nn.Module.
         """
-        if not isinstance(block, nn.Module):
-            raise TypeError(f"FusedInvertedResidual.from_module: expected a torch.nn.Module (one block), got "
-                            f"{type(block).__name__}")
-        try:
-            plan = recognize_block(block)
-        except NotFusable as exc:
-            raise ValueError(f"cannot fuse {type(block).__name__}: {exc}") from None
-        return cls(block, plan, backend)
+        return cls(block, _recognized(cls, block, recognize_block, "fuse"), backend)
 
     def extra_repr(self) -> str:
         return f"{self.plan.describe()}, backend={self.backend!r}"
@@ -484,6 +515,7 @@ def refresh(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, _FoldedModule):
             m.refresh()
+    _clear_kernel_caches()  # also the layers that pass their own weights to a kernel (stem_head.CPULinear)
     return model
 
 
@@ -502,15 +534,8 @@ class FoldedInvertedResidual(FusedInvertedResidual):
     def from_module(cls, block: nn.Module, backend: str = "auto") -> "FoldedInvertedResidual":
         """Builds it from a torchvision, timm or hand-written block; ValueError naming every reason when the
         block is not a generalised inverted residual, TypeError when ``block`` is not an nn.Module."""
-        if not isinstance(block, nn.Module):
-            raise TypeError(f"FoldedInvertedResidual.from_module: expected a torch.nn.Module (one block), got "
-                            f"{type(block).__name__}")
         from .recognize import recognize_block_ex
-        try:
-            plan = recognize_block_ex(block)
-        except NotFusable as exc:
-            raise ValueError(f"cannot fold {type(block).__name__}: {exc}") from None
-        return cls(block, plan, backend)
+        return cls(block, _recognized(cls, block, recognize_block_ex, "fold"), backend)
 
     def _recognize(self):
         from .recognize import recognize_block_ex
@@ -521,7 +546,6 @@ class FoldedInvertedResidual(FusedInvertedResidual):
                 *((plan.layer_scale,) if plan.layer_scale else ()))
 
     def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
-        from . import backends
         return backends.select_ex(self.backend, device, dtype, self.__dict__["plan"].config())
 
     def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype):

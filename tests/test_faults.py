@@ -176,6 +176,30 @@ def test_unrecorded_weight_changes_need_refresh_or_eval(change, how):
     _same(fused, original, x, what=f"{change} + {how}")
 
 
+@pytest.mark.parametrize("layer", ["classifier", "head_conv", "stem_conv"])
+@pytest.mark.parametrize("how", ["train_then_eval", "mk_refresh"])
+def test_unrecorded_writes_to_a_whole_fused_model_need_refresh_or_eval(layer, how):
+    """The same for the layers around the blocks, whose weights the CPU kernel packs and caches (the
+    classifier passes its own weight): mk.refresh() and a training/eval switch drop that cache too."""
+    from mnv2_kernels.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    original = randomize_bn_(mobilenet_v2(num_classes=10), seed=2).eval()
+    fused = mk.fuse(copy.deepcopy(original))
+    x = torch.randn(1, 3, 64, 64)
+    _same(fused, original, x, tol=1e-3)
+    for m in (original, fused):
+        w = {"classifier": m.classifier[1].weight, "head_conv": m.features[-1][0].weight,
+             "stem_conv": m.features[0][0].weight}[layer]
+        w.data.mul_(-2)
+    if how == "mk_refresh":
+        assert mk.refresh(fused) is fused
+    else:
+        fused.train()
+        fused.eval()
+    _same(fused, original, x, tol=1e-3, what=f"{layer} .data write + {how}")
+
+
 @pytest.mark.parametrize("where", ["inner_bn", "inner_conv", "outer_child", "through_original"])
 def test_layer_replaced_after_fusing(where):
     original, fused = _twins()
