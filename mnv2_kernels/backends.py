@@ -326,7 +326,7 @@ def clear_cache() -> None:
 class BlockConfig:
     """What a generalised block computes, beyond its shapes (docs/CONTRACT.md, "The generalised block").
 
-    kernel: depthwise kernel size (3, 5, 7). act_expand / act_dw: activation names (reference.ACTIVATIONS;
+    kernel: depthwise kernel size (1, 3, 5, 7, 9). act_expand / act_dw: activation names (reference.ACTIVATIONS;
     act_expand is "relu6" when the block has no expand conv). padding: "symmetric" or "tf_same". se: whether
     it has squeeze-excite; se_act / se_gate: the SE's activations (ignored when se is False).
     """
@@ -406,12 +406,12 @@ EX_SUPPORT: Dict[str, ExSupport] = {
     "cpu": ExSupport(),
     "cuda": ExSupport(),
     "triton": ExSupport(),
-    "reference": ExSupport(kernels=(3, 5, 7), acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
+    "reference": ExSupport(kernels=(1, 3, 5, 7, 9), acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
                            paddings=("symmetric", "tf_same"),
                            se_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
                            se_gates=("sigmoid", "hardsigmoid"),
                            project_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
-                           dw_start_kernels=(3, 5, 7),
+                           dw_start_kernels=(1, 3, 5, 7, 9),
                            op=_ex_reference_op),
 }
 

@@ -228,7 +228,7 @@ def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_ex
                          backend: str = "auto") -> torch.Tensor:
     """One generalised eval-mode block from folded weights (docs/CONTRACT.md, "The generalised block").
 
-    Shapes: x [N, Cin, H, W]; w_expand [Chid, Cin] or None; w_dw [Chid, k, k], k in 3, 5, 7; SE tensors
+    Shapes: x [N, Cin, H, W]; w_expand [Chid, Cin] or None; w_dw [Chid, k, k], k in 1, 3, 5, 7, 9; SE tensors
     [Crd, Chid], [Crd], [Chid, Crd], [Chid] or all None; w_project [Cout, Chid]. Returns [N, Cout, Ho, Wo].
     ``backend``: the row is ``backends.select_ex(backend, x.device, x.dtype, config)``; today only the
     reference serves a generalised configuration (the kernels say why in ``backends.ex_refusals``).

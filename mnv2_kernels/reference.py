@@ -36,7 +36,7 @@ ACTIVATIONS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"
 SE_ACTIVATIONS = ACTIVATIONS
 SE_GATES = ("sigmoid", "hardsigmoid")
 PADDINGS = ("symmetric", "tf_same")
-KERNEL_SIZES = (3, 5, 7)
+KERNEL_SIZES = (1, 3, 5, 7, 9)  # 1: UIB "ConvNeXt" identity middle depthwise; 9: MixNet (embedded MixConv)
 
 
 def activation(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -100,7 +100,7 @@ def inverted_residual_ex_reference(x: torch.Tensor, w_expand: Optional[torch.Ten
     """The generalised eval-mode inverted-residual block (docs/CONTRACT.md, "The generalised block").
 
     x: [N, Cin, H, W]; w_expand: [Chid, Cin] or None; b_expand: [Chid] or None; w_dw: [Chid, k, k] (k odd:
-    3, 5, 7); b_dw: [Chid]; w_se_reduce: [Crd, Chid] or None (no squeeze-excite; then all four SE tensors
+    1, 3, 5, 7, 9); b_dw: [Chid]; w_se_reduce: [Crd, Chid] or None (no squeeze-excite; then all four SE tensors
     are None); b_se_reduce: [Crd]; w_se_expand: [Chid, Crd]; b_se_expand: [Chid]; w_project: [Cout, Chid];
     b_project: [Cout]. padding "symmetric" (k // 2 on every side) or "tf_same" (tf_same_pads).
     act_expand / act_dw / se_act / act_project in ACTIVATIONS (act_project: after the project conv, before

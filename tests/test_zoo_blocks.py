@@ -119,7 +119,7 @@ def test_generalised_block_matches_the_original(cin, chid, cout, h, w, kw):
 def test_tf_same_pads_match_timm():
     from timm.layers.padding import get_same_padding
     for size in range(3, 20):
-        for k in (3, 5, 7):
+        for k in (1, 3, 5, 7, 9):
             for s in (1, 2):
                 total = get_same_padding(size, k, s, 1)
                 assert sum(tf_same_pads(size, k, s)) == total and tf_same_pads(size, k, s)[0] == total // 2
