@@ -86,6 +86,106 @@ inline void vstore_m(float* p, vmask m, vf v) { _mm256_maskstore_ps(p, m, v); }
 // so the value goes second in both (min(max(NaN, 0), 6) would give 0).
 inline vf relu6_nan(vf v, vf zero, vf six) { return vmin(six, vmax(zero, v)); }
 
+// More vector ops for the activations of the generalised block (issue 13).
+#if MNV2_VW == 16
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf vabs(vf a) { return _mm512_abs_ps(a); }
+inline vf vround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// 2^n for integral n in [-126, 127] (a NaN n gives some finite value: callers multiply it by a NaN anyway)
+inline vf vpow2i(vf n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+inline vf vselect_ge0(vf x, vf a, vf b) {  // x >= 0 ? a : b (b where x is NaN)
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+}
+inline vf vselect_gt(vf x, vf lim, vf a, vf b) {  // x > lim ? a : b (b where x is NaN)
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lim, _CMP_GT_OQ), b, a);
+}
+#else
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf vabs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+inline vf vround(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf vpow2i(vf n) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+inline vf vselect_ge0(vf x, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ)); }
+inline vf vselect_gt(vf x, vf lim, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, lim, _CMP_GT_OQ)); }
+#endif
+
+// exp(x), ~1 ulp on [-87, 88] (Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-7 polynomial); below -87 it
+// gives exp(-87) (callers only add it to 1 or divide by 1 + it), above 88 +Inf, NaN stays NaN (the clamps
+// keep a NaN, see relu6_nan).
+inline vf vexp(vf x) {
+  const vf xc = vmin(vset1(88.0f), vmax(vset1(-87.0f), x));
+  const vf n = vround(vmul(xc, vset1(1.44269504088896341f)));
+  vf r = vfma(n, vset1(-0.693359375f), xc);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  vf p = vset1(1.9875691500e-4f);
+  p = vfma(p, r, vset1(1.3981999507e-3f));
+  p = vfma(p, r, vset1(8.3334519073e-3f));
+  p = vfma(p, r, vset1(4.1665795894e-2f));
+  p = vfma(p, r, vset1(1.6666665459e-1f));
+  p = vfma(p, r, vset1(5.0000001201e-1f));
+  p = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+  const vf e = vmul(p, vpow2i(n));
+  return vselect_gt(x, vset1(88.0f), vset1(INFINITY), e);
+}
+
+// Activations (docs/CONTRACT.md, "The generalised block"). kActNone = 0 and kActRelu6 = 1, so a bool
+// template argument (true: ReLU6) still names the MobileNetV2 epilogue. Each one propagates NaN as PyTorch's.
+enum ActKind : int {
+  kActNone = 0, kActRelu6 = 1, kActRelu = 2, kActHardswish = 3, kActSilu = 4, kActGelu = 5, kActGeluTanh = 6,
+  kActSigmoid = 7, kActHardsigmoid = 8, kActCount = 9
+};
+
+// erfc(z) for z >= 0 with relative error < 1.2e-7 (Numerical Recipes' erfcc, a Chebyshev fit of
+// erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2)); relative, so GELU's tail x * erfc(-x/sqrt2) / 2 keeps it.
+inline vf verfc_pos(vf z) {
+  const vf t = vdiv(vset1(1.0f), vfma(z, vset1(0.5f), vset1(1.0f)));
+  vf p = vset1(0.17087277f);
+  p = vfma(p, t, vset1(-0.82215223f));
+  p = vfma(p, t, vset1(1.48851587f));
+  p = vfma(p, t, vset1(-1.13520398f));
+  p = vfma(p, t, vset1(0.27886807f));
+  p = vfma(p, t, vset1(-0.18628806f));
+  p = vfma(p, t, vset1(0.09678418f));
+  p = vfma(p, t, vset1(0.37409196f));
+  p = vfma(p, t, vset1(1.00002368f));
+  p = vfma(p, t, vset1(-1.26551223f));
+  return vmul(t, vexp(vsub(p, vmul(z, z))));
+}
+
+template <int ACT>
+inline vf act(vf v) {
+  if constexpr (ACT == kActNone) {
+    return v;
+  } else if constexpr (ACT == kActRelu6) {
+    return relu6_nan(v, vzero(), vset1(6.0f));
+  } else if constexpr (ACT == kActRelu) {
+    return vmax(vzero(), v);
+  } else if constexpr (ACT == kActHardswish) {  // x * relu6(x + 3) / 6
+    return vmul(v, vmul(relu6_nan(vadd(v, vset1(3.0f)), vzero(), vset1(6.0f)), vset1(1.0f / 6.0f)));
+  } else if constexpr (ACT == kActSilu) {  // x / (1 + exp(-x))
+    return vdiv(v, vadd(vset1(1.0f), vexp(vsub(vzero(), v))));
+  } else if constexpr (ACT == kActGelu) {  // x * (1 + erf(x / sqrt2)) / 2 = x * erfc(-x / sqrt2) / 2
+    const vf e = verfc_pos(vmul(vabs(v), vset1(0.70710678118654752f)));
+    const vf h = vmul(v, vset1(0.5f));
+    return vselect_ge0(v, vsub(v, vmul(h, e)), vmul(h, e));
+  } else if constexpr (ACT == kActGeluTanh) {  // x (1 + tanh(u)) / 2 = x / (1 + exp(-2u))
+    const vf u = vmul(vfma(vmul(vmul(v, v), v), vset1(0.044715f), v), vset1(-1.5957691216057308f));
+    return vdiv(v, vadd(vset1(1.0f), vexp(u)));
+  } else if constexpr (ACT == kActSigmoid) {
+    return vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), v))));
+  } else {
+    static_assert(ACT == kActHardsigmoid, "unknown activation");
+    return vmul(relu6_nan(vadd(v, vset1(3.0f)), vzero(), vset1(6.0f)), vset1(1.0f / 6.0f));
+  }
+}
+
 // bf16 <-> fp32 (round to nearest even, NaN kept a quiet NaN), as c10::BFloat16 converts.
 inline float bf16_to_f(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
@@ -135,9 +235,10 @@ Scratch& thread_scratch() {
 //   c[i]    : pointer to row i of C (first column of this tile)
 //   res[i]  : (RES only) pointer to row i of the residual, same columns as C
 //   last_cols: valid columns in the last strip (1..kVec); stores/loads there are masked when < kVec.
-//   first: start from bias (else from the partial sums in C); last_k: apply the epilogue (residual, ReLU6).
+//   first: start from bias (else from the partial sums in C); last_k: apply the epilogue: the activation
+//   ACT (ActKind; 0 none, 1 ReLU6), then the residual (y = act(acc) + res, the contract's order).
 // ---------------------------------------------------------------------------------------------------------
-template <int MR, int NV, bool RELU6, bool RES>
+template <int MR, int NV, int ACT, bool RES>
 inline void ukernel(int64_t kc, int64_t bstride, const float* const* a, const float* b, const float* bias,
                     float* const* c, const float* const* res, int last_cols, bool first, bool last_k) {
   vf acc[MR][NV];
@@ -173,8 +274,6 @@ inline void ukernel(int64_t kc, int64_t bstride, const float* const* a, const fl
       for (int j = 0; j < NV; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
     }
   }
-  const vf zero = vzero();
-  const vf six = vset1(6.0f);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 16
@@ -182,8 +281,8 @@ inline void ukernel(int64_t kc, int64_t bstride, const float* const* a, const fl
       const bool masked = (j == NV - 1) && !full;
       vf v = acc[i][j];
       if (last_k) {
+        v = act<ACT>(v);
         if (RES) v = vadd(v, masked ? vload_m(res[i] + j * kVec, mask) : vload(res[i] + j * kVec));
-        if (RELU6) v = relu6_nan(v, zero, six);
       }
       if (masked) vstore_m(c[i] + j * kVec, mask, v);
       else vstore(c[i] + j * kVec, v);
@@ -200,18 +299,18 @@ constexpr int kMR3 = 4, kMR2 = 6, kMR1 = 6;
 #endif
 constexpr int kMRMax = kMR2 > kMR3 ? kMR2 : kMR3;
 
-template <int NV, bool RELU6, bool RES, int R = 1>
+template <int NV, int ACT, bool RES, int R = 1>
 inline void run_tile(int mr, int64_t kc, int64_t bstride, const float* const* a, const float* b,
                      const float* bias, float* const* c, const float* const* res, int last_cols, bool first,
                      bool last_k) {
   constexpr int MRMAX = NV == 3 ? kMR3 : (NV == 2 ? kMR2 : kMR1);
   if constexpr (R < MRMAX) {
     if (mr != R) {
-      run_tile<NV, RELU6, RES, R + 1>(mr, kc, bstride, a, b, bias, c, res, last_cols, first, last_k);
+      run_tile<NV, ACT, RES, R + 1>(mr, kc, bstride, a, b, bias, c, res, last_cols, first, last_k);
       return;
     }
   }
-  ukernel<R, NV, RELU6, RES>(kc, bstride, a, b, bias, c, res, last_cols, first, last_k);
+  ukernel<R, NV, ACT, RES>(kc, bstride, a, b, bias, c, res, last_cols, first, last_k);
 }
 
 // C[m, 0:Ncols] = epilogue(A[m, 0:K] . Bpacked + bias) for m < M.
@@ -219,7 +318,7 @@ inline void run_tile(int mr, int64_t kc, int64_t bstride, const float* const* a,
 //   bpack: [Np/kVec][K][kVec] floats, Np = round_up(Ncols, kVec), zero-padded columns; bias: [Np] floats.
 // K is split in blocks of <= kKc so that a B block and an A tile stay in L1; partial sums live in C.
 constexpr int64_t kKc = MNV2_VW == 16 ? 128 : 192;
-template <bool RELU6, bool RES>
+template <int ACT, bool RES>
 void gemm_rows(int64_t M, int64_t K, int64_t Ncols, const float* const* a, const float* bpack, const float* bias,
                float* const* c, const float* const* res) {
   const int64_t strips = round_up(Ncols, kVec) / kVec;
@@ -249,9 +348,9 @@ void gemm_rows(int64_t M, int64_t K, int64_t Ncols, const float* const* a, const
           cp[i] = c[m0 + i] + coff;
           if (RES) rp[i] = res[m0 + i] + coff;
         }
-        if (nv == 3) run_tile<3, RELU6, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
-        else if (nv == 2) run_tile<2, RELU6, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
-        else run_tile<1, RELU6, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
+        if (nv == 3) run_tile<3, ACT, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
+        else if (nv == 2) run_tile<2, ACT, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
+        else run_tile<1, ACT, RES>(mr, kc, K * kVec, ap, bj, biasj, cp, rp, lc, first, last_k);
       }
       j += nv;
     }
@@ -526,7 +625,7 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
           }
           // Ncols = Chid, not Cp: the padded channels Chid..Cp of the ring stay the memset zeros (computing
           // them would give relu6(Inf * 0) = NaN for an Inf input pixel, which the project would then spread).
-          gemm_rows<true, false>(nr * W, Cin, d.Chid, pa, wexp, bexp, pc, nullptr);
+          gemm_rows<kActRelu6, false>(nr * W, Cin, d.Chid, pa, wexp, bexp, pc, nullptr);
         } else {
           // no expand conv: the "expanded" row is x itself (channels Cin..Cp stay zero)
           for (int64_t r = r_beg; r < hi; ++r) {
@@ -567,13 +666,13 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
           // stride 1 and Cin == Cout: output pixel (h, w) adds input pixel (h, w)
           const float* xrow = reinterpret_cast<const float*>(ximg) + h0 * W * Cin;
           for (int64_t m = 0; m < M; ++m) pr[m] = xrow + m * Cin;
-          gemm_rows<false, true>(M, Cp, Cout, pa, wproj, bproj, pc, pr);
+          gemm_rows<kActNone, true>(M, Cp, Cout, pa, wproj, bproj, pc, pr);
         } else {
-          gemm_rows<false, false>(M, Cp, Cout, pa, wproj, bproj, pc, nullptr);
+          gemm_rows<kActNone, false>(M, Cp, Cout, pa, wproj, bproj, pc, nullptr);
         }
       } else {
         for (int64_t m = 0; m < M; ++m) pc[m] = of + m * Coutp;
-        gemm_rows<false, false>(M, Cp, Coutp, pa, wproj, bproj, pc, nullptr);
+        gemm_rows<kActNone, false>(M, Cp, Coutp, pa, wproj, bproj, pc, nullptr);
         T* orow = oimg + h0 * Wo * Cout;
         const T* xrow = ximg + h0 * W * Cin;
         for (int64_t m = 0; m < M; ++m) {
