@@ -28,16 +28,24 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, tor
     weight has conv.weight's shape [Cout, Cin/groups, kh, kw]; bias is [Cout]. Traceable (pure tensor ops).
     Raises ValueError if the BN does not track running statistics (folding needs them).
     """
+    w = conv.weight.detach().to(torch.float64)
+    conv_bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else None
+    return fold_weight_bn(w, conv_bias, bn)
+
+
+def fold_weight_bn(w: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: nn.BatchNorm2d
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Folds ``bn`` into a conv weight ``w`` [Cout, ...] (float64) and bias (None: zeros); (weight, bias)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
-    w = conv.weight.detach().to(torch.float64)
     mean = bn.running_mean.detach().to(torch.float64)
     var = bn.running_var.detach().to(torch.float64)
     gamma = bn.weight.detach().to(torch.float64) if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach().to(torch.float64) if bn.bias is not None else torch.zeros_like(mean)
-    conv_bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros_like(mean)
+    if conv_bias is None:
+        conv_bias = torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)
-    return w * scale.reshape(-1, 1, 1, 1), beta + (conv_bias - mean) * scale
+    return w * scale.reshape((-1,) + (1,) * (w.dim() - 1)), beta + (conv_bias - mean) * scale
 
 
 def fold_block(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
@@ -107,3 +115,92 @@ def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise:
         w0, b0 = fold_conv_bn(*dw_start)
         w0, b0 = cast(w0[:, 0]), cast(b0)
     return FoldedBlockEx(w_e, b_e, w_d, b_d, *se_t, cast(w), cast(b), w0, b0)
+
+
+def _centred(w: torch.Tensor, k: int) -> torch.Tensor:
+    """w [C, 1, kw, kw] zero-padded to [C, 1, k, k], centred (kw odd, k odd, kw <= k)."""
+    pad = (k - w.shape[-1]) // 2
+    return torch.nn.functional.pad(w, (pad, pad, pad, pad)) if pad else w
+
+
+def fold_spec(spec, mods) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One conv of a generalised block as (weight [Cout, Cin/groups, k, k], bias [Cout]) in float64, from
+    ``spec`` (recognize.ConvSpec) and ``mods`` (path -> module):
+
+    * plain: the conv with its BN folded;
+    * mixed (MixConv): the group convs' weights placed in one conv -- depthwise groups zero-padded to the
+      largest kernel and centred, 1x1 groups as the blocks of a block-diagonal dense 1x1 -- then the BN;
+    * branches: each branch's BN folded into its conv (a branch without a conv is BN(x): a 1x1 kernel of
+      ones), zero-padded to the largest kernel, centred and summed (weights and biases);
+    * identity: a [C, 1, 1, 1] kernel of ones, bias 0 (the UIB 'ConvNeXt' variant's missing middle depthwise).
+    Exact for finite inputs (the added zero taps / blocks multiply neighbours by 0)."""
+    if spec.kind == "identity":
+        some = next(iter(mods.values()))
+        dev = some.weight.device if hasattr(some, "weight") else None
+        return (torch.ones(spec.channels, 1, 1, 1, dtype=torch.float64, device=dev),
+                torch.zeros(spec.channels, dtype=torch.float64, device=dev))
+    if spec.kind == "plain":
+        return fold_conv_bn(mods[spec.convs[0]], mods[spec.bns[0]])
+    if spec.kind == "mixed":
+        convs = [mods[p] for p in spec.convs]
+        k = spec.kernel
+        dev = convs[0].weight.device
+        cout = sum(c.out_channels for c in convs)
+        if spec.depthwise:
+            w = torch.cat([_centred(c.weight.detach().to(torch.float64), k) for c in convs])
+        else:
+            cin = sum(c.in_channels for c in convs)
+            w = torch.zeros(cout, cin, 1, 1, dtype=torch.float64, device=dev)
+            r = q = 0
+            for c in convs:
+                w[r:r + c.out_channels, q:q + c.in_channels] = c.weight.detach().to(torch.float64)
+                r, q = r + c.out_channels, q + c.in_channels
+        biases = [c.bias.detach().to(torch.float64) if c.bias is not None
+                  else torch.zeros(c.out_channels, dtype=torch.float64, device=dev) for c in convs]
+        return fold_weight_bn(w, torch.cat(biases), mods[spec.bns[0]])
+    if spec.kind == "branches":
+        w_sum = b_sum = None
+        for conv_path, bn_path in zip(spec.convs, spec.bns):
+            bn = mods[bn_path]
+            if conv_path is None:
+                ones = torch.ones(bn.num_features, 1, 1, 1, dtype=torch.float64, device=bn.running_mean.device)
+                w, b = fold_weight_bn(ones, None, bn)
+            else:
+                w, b = fold_conv_bn(mods[conv_path], bn)
+            w = _centred(w, spec.kernel)
+            w_sum, b_sum = (w, b) if w_sum is None else (w_sum + w, b_sum + b)
+        return w_sum, b_sum
+    raise ValueError(f"unknown conv spec kind {spec.kind!r}")
+
+
+def fold_plan_ex(plan, mods, dtype: torch.dtype) -> FoldedBlockEx:
+    """Folds a generalised block from its plan (recognize.BlockPlanEx, with ``specs``) and ``mods`` (path ->
+    module, the paths of ``plan.target_paths()``); weights in the contract's layouts, cast to ``dtype``."""
+    def cast(t):
+        return t.to(dtype).contiguous()
+
+    def conv_wb(conv):
+        w = conv.weight.detach().to(torch.float64).flatten(1)
+        b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
+             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
+        return w, b
+
+    got = {}
+    for sp in plan.specs:
+        w, b = fold_spec(sp, mods)
+        got[sp.role] = (w[:, 0] if sp.depthwise else w.flatten(1), b)
+    w_p, b_p = got["project"]
+    if plan.layer_scale:
+        g = mods[plan.layer_scale].gamma.detach().to(torch.float64)
+        w_p, b_p = w_p * g[:, None], b_p * g
+    se_t = (None, None, None, None)
+    if plan.se is not None:
+        (w_r, b_r), (w_x, b_x) = conv_wb(mods[plan.se[0]]), conv_wb(mods[plan.se[1]])
+        se_t = (cast(w_r), cast(b_r), cast(w_x), cast(b_x))
+    w_e, b_e = got.get("expand", (None, None))
+    w0, b0 = got.get("dw_start", (None, None))
+    w_d, b_d = got["dw"]
+    if w_d.device != w_p.device:   # the identity depthwise is made on the first module's device
+        w_d, b_d = w_d.to(w_p.device), b_d.to(w_p.device)
+    c = lambda t: None if t is None else cast(t)  # noqa: E731
+    return FoldedBlockEx(c(w_e), c(b_e), cast(w_d), cast(b_d), *se_t, cast(w_p), cast(b_p), c(w0), c(b0))

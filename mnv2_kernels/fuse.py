@@ -83,11 +83,15 @@ def _depthwise_counts(model: nn.Module) -> Dict[str, int]:
 
 
 def _is_layer(m: nn.Module) -> bool:
-    """One conv layer (a module holding one Conv2d: conv, conv+BN+act) or a MixConv (only Conv2d children)."""
+    """One conv layer (a module holding one Conv2d: conv, conv+BN+act), a MixConv (only Conv2d children), or a
+    ModuleList / ModuleDict of such layers (re-parameterisable branches, PP-LCNetV2)."""
     if isinstance(m, nn.Conv2d):
         return True
     convs = sum(isinstance(c, nn.Conv2d) for c in m.modules())
-    return convs == 1 or (bool(m._modules) and all(isinstance(c, nn.Conv2d) for c in m._modules.values()))
+    kids = [c for c in m._modules.values() if c is not None]
+    if convs == 1 or (kids and all(isinstance(c, nn.Conv2d) for c in kids)):
+        return True
+    return isinstance(m, (nn.ModuleList, nn.ModuleDict)) and bool(kids) and all(_is_layer(c) for c in kids)
 
 
 def _multi_depthwise_blocks(modules: Dict[str, nn.Module], counts: Dict[str, int]) -> Dict[str, str]:
@@ -101,15 +105,16 @@ def _multi_depthwise_blocks(modules: Dict[str, nn.Module], counts: Dict[str, int
         with_dw = [c for c in kids if any(_is_depthwise(d) for d in c.modules())]
         if not with_dw or not all(_is_layer(c) for c in with_dw):
             continue
-        mixed = [c for c in with_dw if not isinstance(c, nn.Conv2d) and c._modules
+        mixed = [c for c in with_dw if not isinstance(c, (nn.Conv2d, nn.ModuleList)) and c._modules
                  and all(isinstance(d, nn.Conv2d) for d in c._modules.values())]
         if mixed:
             sizes = sorted({d.kernel_size[0] for c in mixed for d in c._modules.values()})
-            out[path] = (f"mixed depthwise kernel sizes {sizes} in one layer (MixConv: channel groups "
-                         "concatenated): not in the block contract; a block per kernel-size group is future work")
+            out[path] = f"mixed depthwise kernel sizes {sizes} in one layer (MixConv)"
+        elif any(isinstance(c, (nn.ModuleList, nn.ModuleDict)) for c in with_dw):
+            out[path] = (f"{counts[path]} depthwise convs as re-parameterisable branches (a ModuleList of conv -> "
+                         "BN branches, summed)")
         else:
-            out[path] = (f"{counts[path]} depthwise convs in one block, and not a universal inverted bottleneck "
-                         "with one leading depthwise (MobileNetV4 'ExtraDW')")
+            out[path] = f"{counts[path]} depthwise convs in one block"
     return out
 
 
@@ -197,7 +202,7 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
         try:
             place(path, recognize_block_ex(modules[path]))   # MobileNetV4 UIB ExtraDW: a leading depthwise
         except NotFusable as exc:
-            report.append(BlockReport(path, False, reason if "MixConv" in reason else f"{reason}: {exc}"))
+            report.append(BlockReport(path, False, f"{reason}: {exc}"))
     for path, m in modules.items():
         if counts[path] != 1 or not m._modules:
             continue

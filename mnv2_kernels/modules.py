@@ -542,23 +542,15 @@ class FoldedInvertedResidual(FusedInvertedResidual):
         return recognize_block_ex(self._original)
 
     def _plan_paths(self, plan) -> Tuple[str, ...]:
-        return (*(plan.dw_start or ()), *(plan.expand or ()), *plan.depthwise, *(plan.se or ()), *plan.project,
-                *((plan.layer_scale,) if plan.layer_scale else ()))
+        return plan.target_paths()
 
     def _op(self, device: Optional[torch.device], dtype: torch.dtype) -> Callable:
         return backends.select_ex(self.backend, device, dtype, self.__dict__["plan"].config())
 
     def _fold(self, targets: Tuple[nn.Module, ...], dtype: torch.dtype):
-        from .folding import fold_block_ex
+        from .folding import fold_plan_ex
         plan = self.__dict__["plan"]
-        m = list(targets)
-        dw0 = (m.pop(0), m.pop(0)) if plan.dw_start else None
-        exp = (m.pop(0), m.pop(0)) if plan.expand else None
-        dw = (m.pop(0), m.pop(0))
-        se = (m.pop(0), m.pop(0)) if plan.se else None
-        proj = (m.pop(0), m.pop(0))
-        ls = m.pop(0).gamma if plan.layer_scale else None
-        return fold_block_ex(exp, dw, se, proj, ls, dtype=dtype, dw_start=dw0)
+        return fold_plan_ex(plan, dict(zip(plan.target_paths(), targets)), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._fused_structure(x)
@@ -571,4 +563,18 @@ class FoldedInvertedResidual(FusedInvertedResidual):
                 p.act_project, f.w_dw_start, f.b_dw_start, p.stride_start)
         if entry.run is None:  # traced by torch.compile / torch.export
             return torch.ops.mnv2.inverted_residual_ex(*args)
-        return entry.run(*args)
+        if entry.original_because is not None:
+            self._warn_once(entry.original_because, f"mnv2_kernels: {type(self).__name__} runs its original "
+                            f"(unfused) forward: {entry.original_because}")
+            return self._original(x)
+        y = entry.run(*args)
+        # Embedded MixConv / summed branches / block-diagonal 1x1 (plan.embedded): the added zero taps and blocks
+        # multiply neighbours by 0, so a NaN / Inf (in x, or overflowing inside) would spread where the original
+        # gives finite numbers. One check of the narrow input and output per call; any non-finite value: the
+        # original's forward (docs/CONTRACT.md, "The generalised block").
+        if p.embedded and not bool(torch.isfinite(x).all() & torch.isfinite(y).all()):
+            self._warn_once("non-finite", f"mnv2_kernels: {type(self).__name__} ran its original forward for an "
+                            "input or output with NaN or Inf (its folded conv embeds smaller kernels or groups with "
+                            "zeros, exact for finite values only)")
+            return self._original(x)
+        return y

@@ -106,12 +106,15 @@ def _bn_act(bn: nn.BatchNorm2d, path: str) -> List[tuple]:
     return tokens
 
 
-def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = False) -> Tuple[List[tuple], bool]:
+def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = False,
+            mixed: Optional[dict] = None) -> Tuple[List[tuple], bool]:
     """The block's forward as a list of (kind, path, module) tokens and whether it adds its input.
 
     ``extended`` (the generalised block): modules in ``se_ids`` are one ("se", path, module) token,
     functional activations are ("act", name, None) tokens with their name, torchvision's StochasticDepth is
-    an identity (eval mode) and timm's LayerScale2d is an ("ls", path, module) token."""
+    an identity (eval mode) and timm's LayerScale2d is an ("ls", path, module) token. ``mixed`` ({id: MixedConv
+    or the reason it is not one}, modules traced as one node): a MixConv is a ("conv", path, MixedConv) token.
+    A sum of conv -> BN branches of one tensor is one ("rep", path, RepBranches) token (conv and BN in one)."""
     _check_plain_modules(block)
     try:
         graph = _Tracer(se_ids).trace(block)
@@ -145,6 +148,10 @@ def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = 
             m = modules[node.target]
             if isinstance(m, nn.BatchNorm2d):
                 chain[:0] = _bn_act(m, node.target)
+            elif extended and mixed and id(m) in mixed:
+                if isinstance(mixed[id(m)], str):
+                    raise NotFusable(f"{node.target} ({type(m).__name__}): {mixed[id(m)]}")
+                chain.insert(0, ("conv", node.target, mixed[id(m)]))
             elif extended and id(m) in se_ids:
                 chain.insert(0, ("se", node.target, m))
             elif extended and _is_layer_scale(m):
@@ -157,9 +164,15 @@ def _tokens(block: nn.Module, se_ids: frozenset = frozenset(), extended: bool = 
             chain.insert(0, ("act", str(node), nn.ReLU6()))
         elif extended and _functional_act(node) is not None:
             chain.insert(0, ("act", _functional_act(node), None))
+        elif extended and _is_add(node):
+            rep, src = _rep_branches(node, modules)
+            chain.insert(0, ("rep", rep.name, rep))
+            node = src
+            continue
         elif extended and node.op == "call_function" and node.target in (torch.cat, torch.split):
-            raise NotFusable("it splits channels into groups and concatenates them (MixNet's grouped 1x1 convs / "
-                             "MixConv): not in the block contract; a block per group is future work")
+            raise NotFusable("it splits channels into groups and concatenates them in its own forward; put the "
+                             "split -> one conv per group -> concatenation in its own module (as timm's "
+                             "MixedConv2d does), which is then recognised as one MixConv layer")
         elif (extended and node.op in ("call_function", "call_method")
               and getattr(node.target, "__name__", node.target) in ("mul", "mul_")):
             raise NotFusable("it multiplies inside its forward (squeeze-excite written inline?); put the "
@@ -415,6 +428,283 @@ def _find_se_modules(block: nn.Module) -> dict:
     return found
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Composite depthwise / pointwise layers that fold into one conv of the generalised block (issue 13):
+# MixNet's MixConv (channel groups, one conv each, concatenated) and re-parameterisable depthwise branches
+# (PP-LCNetV2: conv -> BN branches of one tensor, summed).
+# ----------------------------------------------------------------------------------------------------------
+_MAX_KERNEL = 9
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADD_TARGETS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _depthwise_kind(conv: nn.Conv2d, path: str, problems: List[str]) -> str:
+    """'symmetric' or 'tf_same' for one depthwise part (odd square kernel <= 9, no dilation); appends problems."""
+    k = conv.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0 or k[0] > _MAX_KERNEL:
+        problems.append(f"{path} has kernel size {k}; odd square kernels up to 9x9 are in the contract")
+    if conv.stride not in ((1, 1), (2, 2)):
+        problems.append(f"{path} has stride {conv.stride}; 1 and 2 are in the contract")
+    if conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+        problems.append(f"{path} has dilation {conv.dilation} / padding mode {conv.padding_mode!r}")
+    mode = _conv_padding_mode(conv, path, problems)
+    if mode == "tf_same" and conv.stride != (1, 1) and k[0] < 3:
+        # TF 'same' pads of a 1x1 at stride 2 are clamped at 0 on even sizes: not centred in a larger kernel
+        problems.append(f"{path} is a {k[0]}x{k[0]} TF 'same' conv at stride 2, whose padding is not centred "
+                        "in the larger kernel")
+    return mode
+
+
+@dataclass(frozen=True, eq=False)
+class MixedConv:
+    """A MixConv layer (timm's MixedConv2d, or a module computing the same): its forward splits the input's
+    channels into groups, runs one conv per group and concatenates the results along channels.
+
+    Depthwise groups (kernels 3, 5, 7, 9) fold into ONE kxk depthwise conv (k = the largest), each group's
+    kernel zero-padded and centred (exact for symmetric padding k // 2 and for TF 'same' padding: the
+    centres coincide); 1x1 groups fold into one block-diagonal dense 1x1 conv. Looks like an nn.Conv2d to
+    the recogniser (in_channels, out_channels, kernel_size, stride, groups, dilation, padding_mode)."""
+    parts: Tuple[str, ...]          # paths of the group convs relative to the MixConv module, channel order
+    convs: Tuple[nn.Conv2d, ...]
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, int]    # the largest group kernel
+    stride: Tuple[int, int]
+    depthwise: bool                 # True: depthwise groups; False: 1x1 groups (block-diagonal dense)
+    padding_name: str               # "symmetric" or "tf_same"
+    dilation: Tuple[int, int] = (1, 1)
+    padding_mode: str = "zeros"
+
+    @property
+    def groups(self) -> int:
+        return self.in_channels if self.depthwise else 1
+
+    @property
+    def padding(self) -> Tuple[int, int]:
+        return (self.kernel_size[0] // 2,) * 2
+
+    def describe(self) -> str:
+        if self.depthwise:
+            ks = "/".join(str(c.kernel_size[0]) for c in self.convs)
+            return f"MixConv {ks} as one {self.kernel_size[0]}x{self.kernel_size[0]} depthwise"
+        return f"{len(self.convs)}-group 1x1 as one block-diagonal 1x1"
+
+
+def recognize_mixed(module: nn.Module) -> MixedConv:
+    """The MixedConv of a module whose forward is split(x, sizes, dim=1) -> one conv per chunk -> cat(dim=1)
+    (timm's MixedConv2d, or a hand-written equivalent); raises NotFusable otherwise."""
+    _check_plain_modules(module)
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as exc:
+        raise NotFusable(f"its forward cannot be traced ({type(exc).__name__})") from None
+    nodes = list(graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise NotFusable("not a one-input module")
+    x = placeholders[0]
+    out = [n for n in nodes if n.op == "output"][0].args[0]
+    if not (isinstance(out, torch.fx.Node) and out.op == "call_function" and out.target is torch.cat):
+        raise NotFusable("its output is not a concatenation")
+    dim = out.args[1] if len(out.args) > 1 else out.kwargs.get("dim", 0)
+    if dim not in (1, -3) or not isinstance(out.args[0], (list, tuple)):
+        raise NotFusable(f"it concatenates along dim {dim}, not channels")
+    modules = dict(module.named_modules())
+    parts, convs, split = [], [], None
+    for idx, c in enumerate(out.args[0]):
+        if not (isinstance(c, torch.fx.Node) and c.op == "call_module" and isinstance(modules[c.target], nn.Conv2d)
+                and len(c.args) == 1 and not c.kwargs and len(c.users) == 1):
+            raise NotFusable("a concatenated tensor is not one conv's output")
+        g = c.args[0]
+        if not (isinstance(g, torch.fx.Node) and g.op == "call_function" and g.target is operator.getitem
+                and g.args[1] == idx):
+            raise NotFusable("the convs do not take the split chunks in order")
+        if split is None:
+            split = g.args[0]
+        elif g.args[0] is not split:
+            raise NotFusable("the convs take chunks of different splits")
+        parts.append(c.target)
+        convs.append(modules[c.target])
+    is_split = isinstance(split, torch.fx.Node) and (
+        (split.op == "call_function" and getattr(split.target, "__name__", "") == "split")
+        or (split.op == "call_method" and split.target == "split"))
+    if not is_split or split.args[0] is not x:
+        raise NotFusable("it does not split its input")
+    sizes = split.args[1] if len(split.args) > 1 else split.kwargs.get("split_size_or_sections",
+                                                                      split.kwargs.get("split_size"))
+    sdim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    if sdim not in (1, -3):
+        raise NotFusable(f"it splits along dim {sdim}, not channels")
+    if isinstance(sizes, int):
+        sizes = [sizes] * len(convs)
+    if list(sizes) != [c.in_channels for c in convs] or len(split.users) != len(convs):
+        raise NotFusable(f"its split sizes {sizes} are not the convs' input channels "
+                         f"{[c.in_channels for c in convs]}")
+    problems: List[str] = []
+    depthwise = all(c.groups == c.in_channels == c.out_channels for c in convs) and not all(
+        c.kernel_size == (1, 1) and c.groups == 1 for c in convs)
+    if depthwise:
+        modes = {_depthwise_kind(c, p, problems) for p, c in zip(parts, convs)}
+        if len(modes) > 1:
+            problems.append("its groups mix symmetric and TF 'same' padding")
+        if len({c.stride for c in convs}) > 1:
+            problems.append("its groups have different strides")
+        mode = modes.pop() if len(modes) == 1 else "symmetric"
+    else:
+        for p, c in zip(parts, convs):
+            problems += _pointwise_problems(c, p)
+        mode = "symmetric"
+    if problems:
+        raise NotFusable("; ".join(problems))
+    k = max(c.kernel_size[0] for c in convs)
+    return MixedConv(tuple(parts), tuple(convs), sum(c.in_channels for c in convs),
+                     sum(c.out_channels for c in convs), (k, k), convs[0].stride, depthwise, mode)
+
+
+def _find_mixed_modules(block: nn.Module) -> dict:
+    """{id(module): MixedConv, or the reason it is not one} for the block's submodules that split their input
+    into channel groups, one conv per group, and concatenate (candidates: modules whose children are all
+    Conv2d and that are not a Sequential)."""
+    found = {}
+    for path, m in block.named_modules():
+        kids = [c for c in m._modules.values() if c is not None]
+        if (not path or not kids or isinstance(m, (nn.Sequential, nn.Conv2d))
+                or not all(isinstance(c, nn.Conv2d) for c in kids)):
+            continue
+        try:
+            found[id(m)] = recognize_mixed(m)
+        except NotFusable as exc:
+            if any(getattr(n, "target", None) is torch.cat for n in _safe_nodes(m)):
+                found[id(m)] = f"a MixConv-like layer outside the contract: {exc}"
+    return found
+
+
+def _safe_nodes(m: nn.Module) -> list:
+    try:
+        return list(_Tracer().trace(m).nodes)
+    except Exception:
+        return []
+
+
+@dataclass(frozen=True, eq=False)
+class RepBranches:
+    """Re-parameterisable depthwise branches (PP-LCNetV2's RepDepthwiseSeparable, RepVGG-style blocks): conv
+    -> BN branches of one tensor (a branch without a conv: BN of the tensor itself), summed. Folds, exactly in
+    eval mode, into ONE kxk depthwise conv (k = the largest branch kernel; each branch's BN folded, kernels
+    zero-padded, centred and summed). Looks like an nn.Conv2d to the recogniser."""
+    name: str
+    conv_paths: Tuple[Optional[str], ...]   # per branch, relative to the block (None: an identity branch)
+    bn_paths: Tuple[str, ...]
+    kernels: Tuple[int, ...]
+    in_channels: int
+    kernel_size: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding_name: str
+    dilation: Tuple[int, int] = (1, 1)
+    padding_mode: str = "zeros"
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+    @property
+    def groups(self) -> int:
+        return self.in_channels
+
+    def describe(self) -> str:
+        ks = "/".join(str(k) if c is not None else "BN" for k, c in zip(self.kernels, self.conv_paths))
+        return f"{len(self.kernels)} depthwise branches {ks} summed as one {self.kernel_size[0]}x{self.kernel_size[0]}"
+
+
+def _rep_branches(node: torch.fx.Node, modules: dict) -> Tuple[RepBranches, torch.fx.Node]:
+    """The RepBranches whose sum is ``node`` and the tensor they start from; NotFusable otherwise."""
+    what = ("it adds two computed tensors that are not conv -> BN branches of one tensor (re-parameterisable "
+            "depthwise branches): not an inverted residual")
+    leaves, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, torch.fx.Node) and _is_add(n) and (n is node or len(n.users) == 1):
+            if len(n.args) != 2 or n.kwargs:
+                raise NotFusable(f"unsupported add {n.format_node()}")
+            stack.extend(reversed(n.args))
+        else:
+            leaves.append(n)
+
+    def skip_identities(n):
+        while (isinstance(n, torch.fx.Node) and n.op == "call_module" and _is_identity(modules[n.target])
+               and len(n.users) == 1):
+            n = n.args[0]
+        return n
+
+    branches, sources, problems = [], [], []
+    for leaf in leaves:
+        n = skip_identities(leaf)
+        if not (isinstance(n, torch.fx.Node) and n.op == "call_module" and isinstance(modules[n.target], nn.BatchNorm2d)
+                and len(n.users) == 1 and len(n.args) == 1):
+            raise NotFusable(what)
+        bn_path, bn = n.target, modules[n.target]
+        if len(_bn_act(bn, bn_path)) != 1:
+            raise NotFusable(f"{bn_path}: a branch has an activation before the sum")
+        n = skip_identities(n.args[0])
+        conv_path = conv = None
+        if (isinstance(n, torch.fx.Node) and n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
+                and len(n.users) == 1):
+            conv_path, conv = n.target, modules[n.target]
+            if len(n.args) != 1 or n.kwargs:
+                raise NotFusable(what)
+            n = skip_identities(n.args[0])
+        branches.append((conv_path, conv, bn_path, bn))
+        sources.append(n)
+    if len(branches) < 2 or any(s is not sources[0] for s in sources) or not isinstance(sources[0], torch.fx.Node):
+        raise NotFusable(what)
+    convs = [(p, c) for p, c, _, _ in branches if c is not None]
+    if not convs:
+        raise NotFusable("it sums BatchNorms of one tensor without a conv: not an inverted residual")
+    chans = {c.in_channels for _, c in convs} | {c.out_channels for _, c in convs}
+    if any(not (c.groups == c.in_channels == c.out_channels) for _, c in convs) or len(chans) != 1:
+        raise NotFusable(what + " (the summed branches are not depthwise convs of one width)")
+    channels = chans.pop()
+    modes = {_depthwise_kind(c, p, problems) for p, c in convs}
+    strides = {c.stride for _, c in convs} | ({(1, 1)} if len(convs) < len(branches) else set())
+    if len(modes) > 1:
+        problems.append("its branches mix symmetric and TF 'same' padding")
+    if len(strides) > 1:
+        problems.append(f"its branches have different strides {sorted(strides)}")
+    for _, _, bp, bn in branches:
+        try:
+            _check_bn(bn, bp, channels)
+        except NotFusable as exc:
+            problems.append(str(exc))
+    if problems:
+        raise NotFusable("; ".join(problems))
+    kernels = tuple(c.kernel_size[0] if c is not None else 1 for _, c, _, _ in branches)
+    k = max(kernels)
+    name = branches[0][2].rpartition(".")[0] or branches[0][2]
+    return (RepBranches(name, tuple(p for p, _, _, _ in branches), tuple(b for _, _, b, _ in branches), kernels,
+                        channels, (k, k), convs[0][1].stride, modes.pop()), sources[0])
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """How one conv of a generalised block is computed from the original's layers (paths relative to the
+    block). kind: "plain" (convs[0] -> bns[0]), "mixed" (a MixConv: convs over channel groups, concatenated,
+    -> bns[0]), "branches" (sum over i of convs[i] -> bns[i]; convs[i] None: BN of the input) or "identity"
+    (no layer: the UIB 'ConvNeXt' variant's missing middle depthwise, a [channels, 1, 1] kernel of ones)."""
+    role: str                          # "dw_start", "expand", "dw" or "project"
+    kind: str
+    convs: Tuple[Optional[str], ...]
+    bns: Tuple[str, ...]
+    kernel: int                        # the folded kernel size (1 for 1x1 convs)
+    depthwise: bool
+    channels: int = 0                  # output channels (used by "identity")
+
+    def paths(self) -> Tuple[str, ...]:
+        return tuple(p for p in self.convs if p is not None) + self.bns
+
+
 @dataclass(frozen=True)
 class BlockPlanEx(BlockPlan):
     """A generalised block (docs/CONTRACT.md, "The generalised block"): BlockPlan plus what it computes."""
@@ -430,19 +720,41 @@ class BlockPlanEx(BlockPlan):
     dw_start: Optional[Tuple[str, str]] = None  # (conv, bn) of a leading depthwise (MobileNetV4 UIB ExtraDW)
     dw_start_kernel: int = 0
     stride_start: int = 1
+    specs: Tuple[ConvSpec, ...] = ()       # how each conv folds (dw_start?, expand?, dw, project), in order
+    notes: Tuple[str, ...] = ()            # what was folded into the contract's layers (MixConv, branches, ...)
 
     def config(self):
         from .backends import BlockConfig
         return BlockConfig(self.kernel, self.act_expand, self.act_dw, self.padding, self.se is not None,
                            self.se_act, self.se_gate, self.act_project, self.dw_start_kernel)
 
+    @property
+    def embedded(self) -> bool:
+        """Whether a conv holds zero taps or zero blocks the original does not compute (an embedded MixConv,
+        summed branches, block-diagonal 1x1): exact for finite values only, so the module checks each call's
+        input and output for NaN / Inf and runs the original's forward when it finds any."""
+        return any(sp.kind in ("mixed", "branches") for sp in self.specs)
+
+    def target_paths(self) -> Tuple[str, ...]:
+        """Paths (relative to the block) of every module the folded weights are computed from."""
+        out: List[str] = []
+        for sp in self.specs:
+            out += sp.paths()
+            if sp.role == "dw" and self.se:
+                out += self.se
+        if self.layer_scale:
+            out.append(self.layer_scale)
+        return tuple(out)
+
     def describe(self) -> str:
-        extra = self.config().features() + (["layer scale"] if self.layer_scale else [])
+        extra = (self.config().features() + (["layer scale"] if self.layer_scale else []) + list(self.notes))
         return super().describe() + (f", {', '.join(extra)}" if extra else "")
 
 
 def _conv_padding_mode(conv: nn.Conv2d, path: str, problems: List[str]) -> str:
     """'symmetric' or 'tf_same' for a depthwise conv; appends what is wrong to ``problems``."""
+    if isinstance(conv, (MixedConv, RepBranches)):
+        return conv.padding_name   # checked per part when it was recognised
     k = conv.kernel_size[0]
     if type(conv).__name__ == "Conv2dSame" and type(conv).__module__.startswith("timm."):
         if conv.padding not in ((0, 0),):
@@ -460,6 +772,10 @@ def _conv_padding_mode(conv: nn.Conv2d, path: str, problems: List[str]) -> str:
 
 
 def _pointwise_problems(conv: nn.Conv2d, path: str) -> List[str]:
+    if isinstance(conv, RepBranches):
+        return [f"{path}: summed branches where a 1x1 conv belongs"]
+    if isinstance(conv, MixedConv):
+        return [] if not conv.depthwise else [f"{path} is a mixed depthwise conv where a 1x1 conv belongs"]
     if type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward:
         if not (type(conv).__name__ == "Conv2dSame" and type(conv).__module__.startswith("timm.")
                 and conv.kernel_size == (1, 1) and conv.stride == (1, 1)):
@@ -474,13 +790,24 @@ def _pointwise_problems(conv: nn.Conv2d, path: str) -> List[str]:
 def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     """Plan of a generalised inverted-residual block, or NotFusable listing every reason it is not one.
 
-    Pattern (by what the forward computes): [conv1x1 -> BN -> act] -> depthwise kxk (k 3|5|7, stride 1|2,
-    symmetric or TF 'same' padding) -> BN -> [act] -> [squeeze-excite module] -> conv1x1 -> BN
-    -> [act] -> [LayerScale2d] [+ x]; activations: reference.ACTIVATIONS.
+    Pattern (by what the forward computes): [leading depthwise -> BN] -> [conv1x1 -> BN -> act] -> depthwise
+    kxk (k 3|5|7|9, stride 1|2, symmetric or TF 'same' padding) -> BN -> [act] -> [squeeze-excite module] ->
+    conv1x1 -> BN -> [act] -> [LayerScale2d] [+ x]; activations: reference.ACTIVATIONS. Also: MobileNetV4's
+    UIB 'ConvNeXt' variant (leading depthwise -> expand -> project: an identity middle depthwise, k = 1), a
+    MixConv layer (MixedConv) as any conv, re-parameterisable depthwise branches (RepBranches) as the depthwise.
+    The plan's ``specs`` say how each conv folds.
     """
     se_found = _find_se_modules(block)
-    chain, residual = _tokens(block, frozenset(se_found), extended=True)
+    mixed = _find_mixed_modules(block)
+    chain, residual = _tokens(block, frozenset(se_found) | frozenset(mixed), extended=True, mixed=mixed)
     kinds = [k for k, _, _ in chain]
+    for k, p, m in chain:
+        if k == "act" and m is not None and (isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))
+                                             or type(m).__name__ in ("BlurPool2d", "AvgPool2dSame", "MaxPool2dSame")):
+            raise NotFusable(f"{p} is an anti-aliasing {type(m).__name__} after the depthwise conv's activation "
+                             "(MobileNetV4 conv_aa / conv_blur: the depthwise runs at stride 1, the pool strides): "
+                             "the block contract has no pool inside a block, so this block runs unfused as before "
+                             "(the MobileNetV4 models without anti-aliasing fold every block)")
     problems: List[str] = [f"activation {p} is {type(m).__name__}, which is not one of relu6, relu, hardswish, "
                            "silu, gelu (a subclass with its own forward is not either)"
                            for k, p, m in chain if k == "act" and m is not None and activation_name(m) is None]
@@ -506,52 +833,72 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         return name
 
     def is_dw(tok):
-        return tok[0] == "conv" and tok[2].groups > 1 and tok[2].groups == tok[2].in_channels == tok[2].out_channels
+        return tok[0] == "rep" or (tok[0] == "conv" and tok[2].groups > 1
+                                   and tok[2].groups == tok[2].in_channels == tok[2].out_channels)
 
-    dw0 = None
-    if (kinds.count("conv") == 4 and kinds[:3] == ["conv", "bn", "conv"] and is_dw(chain[0])
-            and not is_dw(chain[2])):
-        dw0 = (take("conv"), take("bn"))   # MobileNetV4 UIB ExtraDW: leading depthwise, no activation
+    convs_at = [j for j, k in enumerate(kinds) if k in ("conv", "rep")]
+    dw0, no_mid = None, False
+    if len(convs_at) in (3, 4) and kinds[:3] == ["conv", "bn", "conv"] and is_dw(chain[0]) and not is_dw(chain[2]):
+        if len(convs_at) == 4:
+            dw0 = (take("conv"), take("bn"))   # MobileNetV4 UIB ExtraDW: leading depthwise, no activation
+        elif not is_dw(chain[convs_at[2]]):
+            # MobileNetV4 UIB 'ConvNeXt' variant: leading depthwise -> expand -> project, no middle depthwise;
+            # the middle depthwise is the identity (a 1x1 kernel of ones), the leading one carries the stride
+            dw0, no_mid = (take("conv"), take("bn")), True
     exp = None
     act_expand = "relu6"
     first = chain[i][2] if i < n and chain[i][0] == "conv" else None
     if first is not None and first.kernel_size == (1, 1) and first.groups == 1 and kinds[i + 1:i + 2] == ["bn"]:
         exp = (take("conv"), take("bn"))
         act_expand = act_of(take("act"))
-        if act_expand == "none" and not problems:
-            act_expand = "none"
-    dw = (take("conv"), take("bn"))
-    act_dw = act_of(take("act"))
+    if no_mid:
+        dw: Optional[tuple] = None
+        act_dw = "none"
+    else:
+        rep = take("rep")
+        dw = (rep, None) if rep is not None else (take("conv"), take("bn"))
+        act_dw = act_of(take("act"))
     se_tok = take("se")
     proj = (take("conv"), take("bn"))
     act_project = act_of(take("act"))
     ls = take("ls")
     if ls is not None and act_project != "none":
         problems.append("a layer scale after an activated project conv does not fold")
-    if dw0 is None and kinds.count("conv") >= 3 and kinds[:3] == ["conv", "bn", "conv"] and chain[0][2].groups > 1 and chain[0][2].groups == chain[0][2].in_channels:
-        raise NotFusable("it starts with a depthwise conv before its expand conv (MobileNetV4's universal inverted "
-                         "bottleneck 'ConvNeXt' variant, leading depthwise): not in the block contract yet")
     if kinds and kinds[-1] == "conv" and "bn" in kinds:
         raise NotFusable("its last conv has no BatchNorm after it: not an inverted residual (e.g. MobileNetV4 "
                          "attention's key/value downsampling: " + " -> ".join(kinds) + ")")
-    if i != n or None in dw or None in proj:
-        raise NotFusable("; ".join(problems + ["its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> act] -> "
-                         "dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn [-> layer scale]"
-                         + (" (more than one depthwise conv: only MobileNetV4's leading depthwise -> conv1x1 -> "
-                            "depthwise -> conv1x1 is in the block contract)" if kinds.count("conv") > 3 else "")]))
-    dw_conv, dw_path = dw[0][2], dw[0][1]
-    k = dw_conv.kernel_size
-    if not (k[0] == k[1] and k[0] in (3, 5, 7)):
-        problems.append(f"{dw_path} has kernel size {k}; 3x3, 5x5 and 7x7 are in the contract")
-    if not (dw_conv.groups == dw_conv.in_channels == dw_conv.out_channels):
-        problems.append(f"{dw_path} is not depthwise (groups={dw_conv.groups}, {dw_conv.in_channels}->"
-                        f"{dw_conv.out_channels})")
-    if dw_conv.stride not in ((1, 1), (2, 2)):
-        problems.append(f"{dw_path} has stride {dw_conv.stride}; 1 and 2 are in the contract")
-    if dw_conv.dilation != (1, 1) or dw_conv.padding_mode != "zeros":
-        problems.append(f"{dw_path} has dilation {dw_conv.dilation} / padding mode {dw_conv.padding_mode!r}")
-    padding = _conv_padding_mode(dw_conv, dw_path, problems)
-    chid = dw_conv.in_channels
+    if i != n or (dw is not None and (dw[0] is None or (dw[0][0] == "conv" and dw[1] is None))) or None in proj:
+        hint = ""
+        if i < n and kinds[i:i + 2] == ["conv", "bn"] and None not in proj and (
+                chain[i][2].kernel_size == (1, 1)):
+            hint = (" (two pointwise convs after the depthwise, as PP-LCNetV2's split_pw blocks: dw -> 1x1 -> act "
+                    "-> 1x1 -> act; the contract has one project conv after the depthwise)")
+        elif len(convs_at) > 3:
+            hint = (" (more than one depthwise conv: only MobileNetV4's leading depthwise -> conv1x1 -> "
+                    "depthwise -> conv1x1 is in the block contract)")
+        raise NotFusable("; ".join(problems + ["its layers are " + " -> ".join(kinds) + "; expected [conv1x1 -> bn -> "
+                                               "act] -> dwconv -> bn -> [act] -> [squeeze-excite] -> conv1x1 -> bn "
+                                               "[-> layer scale]" + hint]))
+    notes: List[str] = []
+    if dw is None:
+        chid = exp[0][2].out_channels
+        k, stride, dw_path = 1, 1, None
+        notes.append("UIB 'ConvNeXt' variant (no middle depthwise: identity 1x1)")
+    else:
+        dw_conv, dw_path = dw[0][2], dw[0][1]
+        k = dw_conv.kernel_size
+        if not (k[0] == k[1] and k[0] in (3, 5, 7, 9)):
+            problems.append(f"{dw_path} has kernel size {k}; 3x3, 5x5, 7x7 and 9x9 are in the contract")
+        k = k[0]
+        if not (dw_conv.groups == dw_conv.in_channels == dw_conv.out_channels):
+            problems.append(f"{dw_path} is not depthwise (groups={dw_conv.groups}, {dw_conv.in_channels}->"
+                            f"{dw_conv.out_channels})")
+        if dw_conv.stride not in ((1, 1), (2, 2)):
+            problems.append(f"{dw_path} has stride {dw_conv.stride}; 1 and 2 are in the contract")
+        if dw_conv.dilation != (1, 1) or dw_conv.padding_mode != "zeros":
+            problems.append(f"{dw_path} has dilation {dw_conv.dilation} / padding mode {dw_conv.padding_mode!r}")
+        stride = dw_conv.stride[0]
+        chid = dw_conv.in_channels
     proj_conv = proj[0][2]
     problems += _pointwise_problems(proj_conv, proj[0][1])
     if exp is not None:
@@ -561,20 +908,23 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         cin = exp[0][2].in_channels
     else:
         cin = chid
+    padding = None if dw is None else _conv_padding_mode(dw_conv, dw_path, problems)
     stride_start, k0 = 1, 0
     if dw0 is not None:
         c0, p0 = dw0[0][2], dw0[0][1]
         k0 = c0.kernel_size[0]
-        if c0.kernel_size != (k0, k0) or k0 not in (3, 5, 7) or c0.stride not in ((1, 1), (2, 2)):
+        if c0.kernel_size != (k0, k0) or k0 not in (3, 5, 7, 9) or c0.stride not in ((1, 1), (2, 2)):
             problems.append(f"{p0} (leading depthwise) has kernel {c0.kernel_size} / stride {c0.stride}")
         if c0.dilation != (1, 1) or c0.padding_mode != "zeros":
             problems.append(f"{p0} has dilation {c0.dilation} / padding mode {c0.padding_mode!r}")
-        if _conv_padding_mode(c0, p0, problems) != padding:
+        mode0 = _conv_padding_mode(c0, p0, problems)
+        if padding is not None and mode0 != padding:
             problems.append(f"{p0} and {dw_path} use different padding modes")
+        padding = mode0
         if c0.out_channels != cin:
             problems.append(f"leading depthwise makes {c0.out_channels} channels, expand takes {cin}")
         stride_start = c0.stride[0]
-    for conv_tok, bn_tok in [t for t in (dw0, exp, dw, proj) if t is not None]:
+    for conv_tok, bn_tok in [t for t in (dw0, exp, dw, proj) if t is not None and t[1] is not None]:
         try:
             _check_bn(bn_tok[2], bn_tok[1], conv_tok[2].out_channels)
         except NotFusable as exc:
@@ -593,14 +943,39 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
                             f"the depthwise makes {chid}")
     if ls is not None and ls[2].gamma.numel() != cout:
         problems.append(f"layer scale {ls[1]} has {ls[2].gamma.numel()} channels, the block makes {cout}")
-    if residual and not (dw_conv.stride == (1, 1) and stride_start == 1 and cin == cout):
-        problems.append(f"it adds its input but changes shape (stride {dw_conv.stride}, {cin}->{cout})")
+    if residual and not (stride == 1 and stride_start == 1 and cin == cout):
+        problems.append(f"it adds its input but changes shape (stride {stride}, {cin}->{cout})")
     if problems:
         raise NotFusable("; ".join(problems))
-    return BlockPlanEx(expand=None if exp is None else (exp[0][1], exp[1][1]), depthwise=(dw_path, dw[1][1]),
-                       project=(proj[0][1], proj[1][1]), stride=dw_conv.stride[0], residual=residual,
-                       in_channels=cin, hidden_channels=chid, out_channels=cout, kernel=k[0],
+
+    def spec(role, pair, depthwise):
+        (_, conv_path, c), bn_tok = pair
+        if isinstance(c, RepBranches):
+            notes.append(c.describe())
+            return ConvSpec(role, "branches", c.conv_paths, c.bn_paths, c.kernel_size[0], True, c.out_channels)
+        if isinstance(c, MixedConv):
+            notes.append(c.describe())
+            return ConvSpec(role, "mixed", tuple(f"{conv_path}.{p}" for p in c.parts), (bn_tok[1],),
+                            c.kernel_size[0], depthwise, c.out_channels)
+        return ConvSpec(role, "plain", (conv_path,), (bn_tok[1],), c.kernel_size[0], depthwise, c.out_channels)
+
+    specs = [spec("dw_start", dw0, True)] if dw0 is not None else []
+    if exp is not None:
+        specs.append(spec("expand", exp, False))
+    specs.append(spec("dw", dw, True) if dw is not None else ConvSpec("dw", "identity", (), (), 1, True, chid))
+    specs.append(spec("project", proj, False))
+
+    def path_pair(pair):
+        if pair is None:
+            return None
+        c = pair[0][2]
+        if isinstance(c, RepBranches):
+            return (c.conv_paths[0] or c.bn_paths[0], c.bn_paths[0])
+        return (pair[0][1], pair[1][1])
+
+    return BlockPlanEx(expand=path_pair(exp), depthwise=path_pair(dw), project=path_pair(proj), stride=stride,
+                       residual=residual, in_channels=cin, hidden_channels=chid, out_channels=cout, kernel=k,
                        act_expand=act_expand if exp is not None else "relu6", act_dw=act_dw, padding=padding,
                        se=se, se_act=se_act, se_gate=se_gate, layer_scale=None if ls is None else ls[1],
-                       act_project=act_project, dw_start=None if dw0 is None else (dw0[0][1], dw0[1][1]),
-                       dw_start_kernel=k0, stride_start=stride_start)
+                       act_project=act_project, dw_start=path_pair(dw0), dw_start_kernel=k0,
+                       stride_start=stride_start, specs=tuple(specs), notes=tuple(dict.fromkeys(notes)))
