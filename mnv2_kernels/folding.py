@@ -78,6 +78,8 @@ class FoldedBlockEx(NamedTuple):
     b_project: torch.Tensor              # [Cout]
     w_dw_start: Optional[torch.Tensor] = None  # [Cin, k0, k0] leading depthwise (MobileNetV4 UIB) or None
     b_dw_start: Optional[torch.Tensor] = None  # [Cin]
+    w_tail: Optional[torch.Tensor] = None      # [Cout, Cproj] a 1x1 conv after the op (PP-LCNetV2 split_pw) or None
+    b_tail: Optional[torch.Tensor] = None      # [Cout]
 
 
 def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
@@ -203,4 +205,6 @@ def fold_plan_ex(plan, mods, dtype: torch.dtype) -> FoldedBlockEx:
     if w_d.device != w_p.device:   # the identity depthwise is made on the first module's device
         w_d, b_d = w_d.to(w_p.device), b_d.to(w_p.device)
     c = lambda t: None if t is None else cast(t)  # noqa: E731
-    return FoldedBlockEx(c(w_e), c(b_e), cast(w_d), cast(b_d), *se_t, cast(w_p), cast(b_p), c(w0), c(b0))
+    w_t, b_t = got.get("tail", (None, None))
+    return FoldedBlockEx(c(w_e), c(b_e), cast(w_d), cast(b_d), *se_t, cast(w_p), cast(b_p), c(w0), c(b0), c(w_t),
+                         c(b_t))

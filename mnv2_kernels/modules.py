@@ -519,6 +519,13 @@ def refresh(model: nn.Module) -> nn.Module:
     return model
 
 
+def _tail(y: torch.Tensor, x: torch.Tensor, f: Any, p: Any) -> torch.Tensor:
+    """A generalised block's trailing 1x1 conv -> BN -> act (folded; PP-LCNetV2 split_pw), then its residual."""
+    from .reference import activation
+    y = activation(F.conv2d(y, f.w_tail[:, :, None, None], f.b_tail), p.act_tail)
+    return y + x if p.residual else y
+
+
 class FoldedInvertedResidual(FusedInvertedResidual):
     """Eval-mode generalised inverted-residual block (docs/CONTRACT.md, "The generalised block"): other
     activations, 5x5 / 7x7 depthwise, TF 'same' padding, squeeze-excite, layer scale, on BN-folded weights
@@ -559,15 +566,19 @@ class FoldedInvertedResidual(FusedInvertedResidual):
         entry = self._folded(st, x.dtype, x.device)
         p = st.plan
         f = entry.folded
-        args = (x, *f[:10], p.stride, p.residual, p.act_expand, p.act_dw, p.padding, p.se_act, p.se_gate,
-                p.act_project, f.w_dw_start, f.b_dw_start, p.stride_start)
+        tail = f.w_tail is not None   # PP-LCNetV2 split_pw: a 1x1 conv after the op, the residual after it
+        args = (x, *f[:10], p.stride, p.residual and not tail, p.act_expand, p.act_dw, p.padding, p.se_act,
+                p.se_gate, p.act_project, f.w_dw_start, f.b_dw_start, p.stride_start)
         if entry.run is None:  # traced by torch.compile / torch.export
-            return torch.ops.mnv2.inverted_residual_ex(*args)
+            y = torch.ops.mnv2.inverted_residual_ex(*args)
+            return _tail(y, x, f, p) if tail else y
         if entry.original_because is not None:
             self._warn_once(entry.original_because, f"mnv2_kernels: {type(self).__name__} runs its original "
                             f"(unfused) forward: {entry.original_because}")
             return self._original(x)
         y = entry.run(*args)
+        if tail:
+            y = _tail(y, x, f, p)
         # Embedded MixConv / summed branches / block-diagonal 1x1 (plan.embedded): the added zero taps and blocks
         # multiply neighbours by 0, so a NaN / Inf (in x, or overflowing inside) would spread where the original
         # gives finite numbers. One check of the narrow input and output per call; any non-finite value: the

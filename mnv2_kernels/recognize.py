@@ -722,6 +722,8 @@ class BlockPlanEx(BlockPlan):
     stride_start: int = 1
     specs: Tuple[ConvSpec, ...] = ()       # how each conv folds (dw_start?, expand?, dw, project), in order
     notes: Tuple[str, ...] = ()            # what was folded into the contract's layers (MixConv, branches, ...)
+    tail: Optional[Tuple[str, str]] = None  # (conv, bn) of a 1x1 conv after the project (PP-LCNetV2 split_pw),
+    act_tail: str = "none"                  # run after the op as one folded 1x1 conv; the residual adds after it
 
     def config(self):
         from .backends import BlockConfig
@@ -864,6 +866,13 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     ls = take("ls")
     if ls is not None and act_project != "none":
         problems.append("a layer scale after an activated project conv does not fold")
+    tail, act_tail = None, "none"
+    if (ls is None and None not in proj and kinds[i:i + 2] == ["conv", "bn"] and isinstance(chain[i][2], nn.Conv2d)
+            and chain[i][2].kernel_size == (1, 1) and chain[i][2].groups == 1):
+        # PP-LCNetV2's split_pw: a second 1x1 conv -> BN -> act after the project (kept out of the fused op, run as
+        # one folded 1x1 conv after it)
+        tail = (take("conv"), take("bn"))
+        act_tail = act_of(take("act"))
     if kinds and kinds[-1] == "conv" and "bn" in kinds:
         raise NotFusable("its last conv has no BatchNorm after it: not an inverted residual (e.g. MobileNetV4 "
                          "attention's key/value downsampling: " + " -> ".join(kinds) + ")")
@@ -924,7 +933,7 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         if c0.out_channels != cin:
             problems.append(f"leading depthwise makes {c0.out_channels} channels, expand takes {cin}")
         stride_start = c0.stride[0]
-    for conv_tok, bn_tok in [t for t in (dw0, exp, dw, proj) if t is not None and t[1] is not None]:
+    for conv_tok, bn_tok in [t for t in (dw0, exp, dw, proj, tail) if t is not None and t[1] is not None]:
         try:
             _check_bn(bn_tok[2], bn_tok[1], conv_tok[2].out_channels)
         except NotFusable as exc:
@@ -932,6 +941,13 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
     if proj_conv.in_channels != chid:
         problems.append(f"project takes {proj_conv.in_channels} channels, depthwise makes {chid}")
     cout = proj_conv.out_channels
+    if tail is not None:
+        problems += _pointwise_problems(tail[0][2], tail[0][1])
+        if tail[0][2].in_channels != cout:
+            problems.append(f"{tail[0][1]} takes {tail[0][2].in_channels} channels, the project makes {cout}")
+        cout = tail[0][2].out_channels
+        notes.append(f"then a 1x1 conv -> BN{' -> ' + act_tail if act_tail != 'none' else ''} outside the op "
+                     "(PP-LCNetV2 split_pw)")
     se = None
     se_act, se_gate = "relu", "sigmoid"
     if se_tok is not None:
@@ -964,6 +980,8 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
         specs.append(spec("expand", exp, False))
     specs.append(spec("dw", dw, True) if dw is not None else ConvSpec("dw", "identity", (), (), 1, True, chid))
     specs.append(spec("project", proj, False))
+    if tail is not None:
+        specs.append(spec("tail", tail, False))
 
     def path_pair(pair):
         if pair is None:
@@ -978,4 +996,5 @@ def recognize_block_ex(block: nn.Module) -> BlockPlanEx:
                        act_expand=act_expand if exp is not None else "relu6", act_dw=act_dw, padding=padding,
                        se=se, se_act=se_act, se_gate=se_gate, layer_scale=None if ls is None else ls[1],
                        act_project=act_project, dw_start=path_pair(dw0), dw_start_kernel=k0,
-                       stride_start=stride_start, specs=tuple(specs), notes=tuple(dict.fromkeys(notes)))
+                       stride_start=stride_start, specs=tuple(specs), notes=tuple(dict.fromkeys(notes)),
+                       tail=path_pair(tail), act_tail=act_tail)
