@@ -397,13 +397,24 @@ class ExSupport:
 
 
 def _ex_reference_op(*args):
-    return torch.ops.mnv2.inverted_residual_ex(*args)
+    from .ops import _ex_reference_impl  # the reference itself, never a device kernel registered for the op
+    return _ex_reference_impl(*args)
+
+
+def _ex_cpu_op(*args):
+    return torch.ops.mnv2.inverted_residual_ex(*args)  # CPU tensors: mnv2_kernels/cpu_ex.py (the fused kernel)
+
+
+_EX_CPU_ACTS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none")
 
 
 # Today every kernel computes exactly the MobileNetV2 block (served through torch.ops.mnv2.inverted_residual);
 # the reference computes everything. Next session: widen a row's tuples and set its op.
 EX_SUPPORT: Dict[str, ExSupport] = {
-    "cpu": ExSupport(),
+    # csrc/cpu/kernel_ex_impl.h via mnv2_kernels/cpu_ex.py (issue 13): every option
+    "cpu": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_CPU_ACTS, paddings=("symmetric", "tf_same"),
+                     se_acts=_EX_CPU_ACTS, se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_CPU_ACTS,
+                     dw_start_kernels=(1, 3, 5, 7, 9), op=_ex_cpu_op),
     "cuda": ExSupport(),
     "triton": ExSupport(),
     "reference": ExSupport(kernels=(1, 3, 5, 7, 9), acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),

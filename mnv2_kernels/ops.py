@@ -215,6 +215,7 @@ def _ex_reference_impl(x, *args):
 
 torch.library.register_fake("mnv2::inverted_residual_ex", _ex_fake, lib=_lib)
 _lib.impl("inverted_residual_ex", _ex_reference_impl, "CompositeExplicitAutograd")
+from . import cpu_ex  # noqa: E402,F401  (registers the fused CPU kernel of inverted_residual_ex for CPU tensors)
 
 
 def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],

@@ -66,6 +66,67 @@ const KernelTable* avx2_kernel();    // nullptr when the compiler could not buil
 const KernelTable* avx512_kernel();  // nullptr when the compiler could not build it
 
 // ---------------------------------------------------------------------------------------------------------
+// The generalised block (issue 13, mnv2::inverted_residual_ex; docs/CONTRACT.md "The generalised block"):
+// kernel_ex_impl.h, compiled per ISA by kernel_ex_avx2.cpp / kernel_ex_avx512.cpp.
+// ---------------------------------------------------------------------------------------------------------
+// Activation codes: the same numbers as ActKind in kernel_impl.h (checked there by static_asserts).
+enum class ExAct : int { None = 0, Relu6 = 1, Relu = 2, Hardswish = 3, Silu = 4, Gelu = 5, GeluTanh = 6,
+                         Sigmoid = 7, Hardsigmoid = 8 };
+
+// Shapes and options of one generalised block (logical NCHW sizes; the buffers are NHWC).
+struct ExDims {
+  int64_t N, Cin, H, W;      // block input x
+  int64_t H1, W1;            // after the leading depthwise (H, W without one)
+  int64_t Chid, Crd, Cout;   // expanded, squeeze-excite reduced (0: no SE), output channels
+  int64_t Ho, Wo;            // output
+  int64_t k, stride;         // depthwise kernel (odd, 1..9) and stride (1, 2)
+  int64_t pt, pl;            // top / left zero padding of the depthwise (bottom / right: what the taps need)
+  int64_t k0, stride0;       // leading depthwise kernel (0: none) and stride
+  int64_t pt0, pl0;          // its top / left padding
+  bool has_expand, residual;
+  int act_expand, act_dw, se_act, se_gate, act_project;  // ExAct codes
+  int64_t se_scratch_bytes;  // squeeze-excite: one image's depthwise output stays in thread scratch up to this
+};
+
+// The twelve weight tensors (contiguous, in the activation dtype; nullptr where absent): w_expand [Chid, Cin],
+// b_expand [Chid], w_dw [Chid, k, k], b_dw [Chid], w_se_reduce [Crd, Chid], b_se_reduce [Crd],
+// w_se_expand [Chid, Crd], b_se_expand [Chid], w_project [Cout, Chid], b_project [Cout],
+// w_dw_start [Cin, k0, k0], b_dw_start [Cin].
+struct ExWeightPtrs {
+  const void* w_expand;
+  const void* b_expand;
+  const void* w_dw;
+  const void* b_dw;
+  const void* w_se_reduce;
+  const void* b_se_reduce;
+  const void* w_se_expand;
+  const void* b_se_expand;
+  const void* w_project;
+  const void* b_project;
+  const void* w_dw_start;
+  const void* b_dw_start;
+};
+
+struct ExKernelTable {
+  const char* isa;  // "avx2", "avx512"
+  int vec;
+  // Floats of the packed-weight buffer (the layout ignores the spatial sizes and the pads).
+  int64_t (*packed_floats)(const ExDims& d);
+  // Packs the weights (fp32, 64-byte aligned dst). packed[0] = 1 if every depthwise weight (both
+  // depthwise convs) is finite, else 0: the binding then lets the reference compute the block.
+  void (*pack)(float* dst, const ExDims& d, DType dt, const ExWeightPtrs& w);
+  // y = block(x): x [N, H, W, Cin] (NHWC, dt), out [N, Ho, Wo, Cout] (NHWC, dt). x1: with a leading
+  // depthwise, a float buffer [N, H1, W1, Cin] for its output (else unused); xf32: x as float32 when dt is
+  // BF16 and there is a leading depthwise (else nullptr). Returns false when scratch could not be allocated.
+  bool (*run)(const void* x, const float* xf32, float* x1, void* out, DType dt, const ExDims& d,
+              const float* packed, int nthreads);
+};
+
+const ExKernelTable* avx2_ex_kernel();    // nullptr when the compiler could not build it
+const ExKernelTable* avx512_ex_kernel();  // nullptr when the compiler could not build it
+
+
+// ---------------------------------------------------------------------------------------------------------
 // Thread pool (thread_pool.cpp). parallel_units(n, nthreads, fn, ctx) calls fn(ctx, u) once for every
 // u in [0, n): the calling thread claims units itself, and up to nthreads-1 pool threads join while units
 // are left. The caller never waits for a helper that has not started (on a busy machine it simply does

@@ -358,6 +358,217 @@ at::Tensor dense_relu6_mean_cpu(const at::Tensor& x, const at::Tensor& w, const 
   return out;
 }
 
+
+// =========================================================================================================
+// The generalised block (issue 13): mnv2_kernels._C.inverted_residual_ex_cpu, called by the Python CPU
+// implementation of torch.ops.mnv2.inverted_residual_ex (mnv2_kernels/cpu_ex.py, which validates the arguments
+// with ops.check_inverted_residual_ex_args first, so the errors are the op's own). The kernel:
+// csrc/cpu/kernel_ex_impl.h.
+// =========================================================================================================
+namespace {
+
+// Squeeze-excite: one image's depthwise output stays in thread scratch (single pass) up to this many bytes,
+// else two passes. MNV2_CPU_SE_SCRATCH_BYTES sets it at the first call; set_se_scratch_bytes for tests.
+std::atomic<int64_t> g_se_scratch_bytes{-1};
+int64_t se_scratch_bytes() {
+  int64_t v = g_se_scratch_bytes.load();
+  if (v < 0) {
+    const char* e = std::getenv("MNV2_CPU_SE_SCRATCH_BYTES");
+    v = (e && *e) ? std::atoll(e) : (int64_t)1 << 20;
+    g_se_scratch_bytes.store(v);
+  }
+  return v;
+}
+int64_t set_se_scratch_bytes(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "mnv2_kernels._C.set_se_scratch_bytes: expected bytes >= 0, got ", bytes);
+  const int64_t prev = se_scratch_bytes();
+  g_se_scratch_bytes.store(bytes);
+  return prev;
+}
+
+const cpu::ExKernelTable* ex_kernel() {
+  const cpu::KernelTable* k = kernel();
+  const cpu::ExKernelTable* e = std::strcmp(k->isa, "avx512") == 0 ? cpu::avx512_ex_kernel() : cpu::avx2_ex_kernel();
+  TORCH_CHECK(e != nullptr, "mnv2.inverted_residual_ex: the CPU kernel for ", k->isa, " is not built");
+  return e;
+}
+
+// PackCache's rule (tensor identity + data address + version, weakly held; never inference tensors) for the
+// generalised block's twelve weight tensors.
+class ExPackCache {
+ public:
+  static constexpr size_t kNW = 12, kMaxEntries = 128;
+  using Keys = std::array<WeightKey, kNW>;
+  using Dims = std::array<int64_t, 10>;
+
+  template <typename PackFn>
+  at::Tensor get(const std::array<const at::Tensor*, kNW>& ws, const Dims& dims, PackFn&& pack) {
+    static const bool enabled = [] {
+      const char* e = std::getenv("MNV2_CPU_PACK_CACHE");
+      return !(e && std::strcmp(e, "0") == 0);
+    }();
+    bool cacheable = enabled;
+    Keys keys{};
+    for (size_t i = 0; i < kNW && cacheable; ++i) {
+      if (ws[i] == nullptr || !ws[i]->defined()) continue;
+      const at::Tensor& t = *ws[i];
+      if (t.is_inference()) {
+        cacheable = false;
+        break;
+      }
+      keys[i] = WeightKey{t.unsafeGetTensorImpl(), t.data_ptr(), (int64_t)t._version()};
+    }
+    if (cacheable) {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->keys == keys && it->dims == dims && alive(*it)) {
+          entries_.splice(entries_.begin(), entries_, it);
+          return entries_.front().packed;
+        }
+      }
+    }
+    at::Tensor packed = pack();
+    TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(packed.data_ptr()) % 64 == 0);
+    if (cacheable) {
+      Entry e;
+      e.keys = keys;
+      for (size_t i = 0; i < kNW; ++i) {
+        if (ws[i] != nullptr && ws[i]->defined()) e.refs[i].emplace(ws[i]->getIntrusivePtr());
+      }
+      e.dims = dims;
+      e.packed = packed;
+      std::lock_guard<std::mutex> lk(mu_);
+      entries_.remove_if([](const Entry& x) { return !alive(x); });
+      entries_.push_front(std::move(e));
+      while (entries_.size() > kMaxEntries) entries_.pop_back();
+    }
+    return packed;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lk(mu_);
+    entries_.clear();
+  }
+
+ private:
+  struct Entry {
+    Keys keys;
+    std::array<std::optional<WeakImpl>, kNW> refs;
+    Dims dims;
+    at::Tensor packed;
+  };
+  static bool alive(const Entry& e) {
+    for (const auto& r : e.refs) {
+      if (r.has_value() && r->expired()) return false;
+    }
+    return true;
+  }
+  std::mutex mu_;
+  std::list<Entry> entries_;
+};
+
+ExPackCache& ex_pack_cache() {
+  static ExPackCache* c = new ExPackCache();
+  return *c;
+}
+
+void clear_ex_pack_cache() { ex_pack_cache().clear(); }
+
+// TensorFlow "SAME" padding before the data along an axis of size n (reference.tf_same_pads).
+int64_t tf_same_before(int64_t n, int64_t k, int64_t s) {
+  const int64_t total = std::max<int64_t>(((n + s - 1) / s - 1) * s + k - n, 0);
+  return total / 2;
+}
+
+const at::Tensor* opt_ptr(const c10::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
+
+}  // namespace
+
+// The CPU kernel of mnv2::inverted_residual_ex for float32 / bfloat16 CPU tensors whose arguments the caller
+// has validated (ops.check_inverted_residual_ex_args). Activation arguments are ExAct codes (cpu_kernel.h).
+// Returns None (c10::nullopt) when a depthwise weight is not finite: the caller then runs the reference, whose
+// zero padding multiplies those weights (0 * Inf = NaN at the borders) where the kernel's padding would not.
+c10::optional<at::Tensor> inverted_residual_ex_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& w_expand, const c10::optional<at::Tensor>& b_expand,
+    const at::Tensor& w_dw, const at::Tensor& b_dw, const c10::optional<at::Tensor>& w_se_reduce,
+    const c10::optional<at::Tensor>& b_se_reduce, const c10::optional<at::Tensor>& w_se_expand,
+    const c10::optional<at::Tensor>& b_se_expand, const at::Tensor& w_project, const at::Tensor& b_project,
+    int64_t stride, bool residual, int64_t act_expand, int64_t act_dw, bool tf_same, int64_t se_act,
+    int64_t se_gate, int64_t act_project, const c10::optional<at::Tensor>& w_dw_start,
+    const c10::optional<at::Tensor>& b_dw_start, int64_t stride_start) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "mnv2.inverted_residual_ex: the CPU kernel takes a 4-D float32 or bfloat16 CPU x (validate with "
+              "ops.check_inverted_residual_ex_args first), got ", x.sizes(), " ", x.scalar_type(), " on ", x.device());
+  cpu::ExDims d{};
+  d.N = x.size(0);
+  d.Cin = x.size(1);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  d.k0 = w_dw_start.has_value() ? w_dw_start->size(-1) : 0;
+  d.stride0 = d.k0 ? stride_start : 1;
+  d.pt0 = d.k0 ? (tf_same ? tf_same_before(d.H, d.k0, d.stride0) : d.k0 / 2) : 0;
+  d.pl0 = d.k0 ? (tf_same ? tf_same_before(d.W, d.k0, d.stride0) : d.k0 / 2) : 0;
+  d.H1 = d.k0 ? (d.H - 1) / d.stride0 + 1 : d.H;
+  d.W1 = d.k0 ? (d.W - 1) / d.stride0 + 1 : d.W;
+  d.Chid = w_dw.size(0);
+  d.k = w_dw.size(-1);
+  d.Crd = w_se_reduce.has_value() ? w_se_reduce->size(0) : 0;
+  d.Cout = w_project.size(0);
+  d.stride = stride;
+  d.Ho = (d.H1 - 1) / stride + 1;
+  d.Wo = (d.W1 - 1) / stride + 1;
+  d.pt = tf_same ? tf_same_before(d.H1, d.k, stride) : d.k / 2;
+  d.pl = tf_same ? tf_same_before(d.W1, d.k, stride) : d.k / 2;
+  d.has_expand = w_expand.has_value();
+  d.residual = residual;
+  d.act_expand = (int)act_expand;
+  d.act_dw = (int)act_dw;
+  d.se_act = (int)se_act;
+  d.se_gate = (int)se_gate;
+  d.act_project = (int)act_project;
+  d.se_scratch_bytes = se_scratch_bytes();
+
+  const bool out_cl = wants_channels_last(x);
+  at::Tensor out = at::empty({d.N, d.Cout, d.Ho, d.Wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  if (d.N == 0) return out_cl ? out : out.contiguous();
+
+  const cpu::ExKernelTable* k = ex_kernel();
+  const cpu::DType dt = x.scalar_type() == at::kFloat ? cpu::DType::F32 : cpu::DType::BF16;
+  const std::array<const at::Tensor*, ExPackCache::kNW> ws{
+      opt_ptr(w_expand), opt_ptr(b_expand), &w_dw, &b_dw, opt_ptr(w_se_reduce), opt_ptr(b_se_reduce),
+      opt_ptr(w_se_expand), opt_ptr(b_se_expand), &w_project, &b_project, opt_ptr(w_dw_start), opt_ptr(b_dw_start)};
+  const at::Tensor packed = ex_pack_cache().get(
+      ws, {d.Cin, d.Chid, d.Crd, d.Cout, d.k, d.k0, d.has_expand, (int64_t)dt, (int64_t)(intptr_t)k, 0}, [&] {
+        std::array<at::Tensor, ExPackCache::kNW> c;
+        std::array<const void*, ExPackCache::kNW> p{};
+        for (size_t i = 0; i < ExPackCache::kNW; ++i) {
+          if (ws[i] != nullptr && ws[i]->defined()) {
+            c[i] = ws[i]->contiguous();
+            p[i] = c[i].data_ptr();
+          }
+        }
+        at::Tensor buf = packed_buffer(k->packed_floats(d));
+        const cpu::ExWeightPtrs w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]};
+        k->pack(buf.data_ptr<float>(), d, dt, w);
+        return buf;
+      });
+  if (packed.data_ptr<float>()[0] == 0.f) return c10::nullopt;  // a non-finite depthwise weight
+
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);  // NHWC buffer [N, H, W, Cin]
+  at::Tensor xf32, x1;
+  if (d.k0) {
+    x1 = at::empty({d.N * d.H1 * d.W1 * d.Cin}, x.options().dtype(at::kFloat));
+    if (dt == cpu::DType::BF16) xf32 = xc.to(at::kFloat);
+  }
+  const bool ok = k->run(xc.data_ptr(), xf32.defined() ? xf32.data_ptr<float>() : nullptr,
+                         x1.defined() ? x1.data_ptr<float>() : nullptr, out.data_ptr(), dt, d,
+                         packed.data_ptr<float>(), at::get_num_threads());
+  TORCH_CHECK(ok, "mnv2.inverted_residual_ex: out of memory allocating the CPU kernel's scratch buffers (about "
+              "(stride*R+k)*(W+k)*Chid floats per thread, plus Ho*Wo*Chid with squeeze-excite in scratch); free "
+              "memory, run fewer threads or lower mnv2_kernels._C.set_se_scratch_bytes");
+  return out_cl ? out : out.contiguous();
+}
+
 }  // namespace mnv2
 
 TORCH_LIBRARY_IMPL(mnv2, CPU, m) {
@@ -377,11 +588,24 @@ TORCH_LIBRARY_FRAGMENT(mnv2, m) {
 }
 
 // `import mnv2_kernels._C` loads the library (and the registrations above); it also exposes the ISA choice.
+namespace mnv2 {
+void register_fast_path(pybind11::module& m);  // fast_path.cpp: the fused modules' per-call fast path
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  mnv2::register_fast_path(m);
   m.def("cpu_isa", &mnv2::cpu_isa, "The instruction set the CPU kernel runs with: 'avx2' or 'avx512'.");
   m.def("set_cpu_isa", &mnv2::set_cpu_isa, pybind11::arg("name"),
         "Selects the CPU kernel variant ('auto', 'avx2', 'avx512'); returns the previous one's name. Raises "
         "RuntimeError when the CPU or the build lacks it.");
-  m.def("clear_pack_cache", &mnv2::clear_pack_cache,
+  m.def("inverted_residual_ex_cpu", &mnv2::inverted_residual_ex_cpu,
+        "The generalised block's CPU kernel on validated float32/bfloat16 arguments (mnv2_kernels/cpu_ex.py); "
+        "None when a depthwise weight is not finite (the caller runs the reference).");
+  m.def("set_se_scratch_bytes", &mnv2::set_se_scratch_bytes, pybind11::arg("bytes"),
+        "Squeeze-excite blocks: one image's depthwise output stays in thread scratch (single pass) up to this many "
+        "bytes (default 1 MiB, MNV2_CPU_SE_SCRATCH_BYTES), else two passes; returns the previous value.");
+  m.def("clear_ex_pack_cache", &mnv2::clear_ex_pack_cache,
+        "Drops the generalised block's cached packed weights (clear_pack_cache drops them too).");
+  m.def("clear_pack_cache", [] { mnv2::clear_pack_cache(); mnv2::clear_ex_pack_cache(); },
         "Drops the CPU kernel's cached packed weights (after weight writes PyTorch does not record: .data, numpy).");
 }
