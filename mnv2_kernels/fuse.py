@@ -89,7 +89,8 @@ def _is_layer(m: nn.Module) -> bool:
         return True
     convs = sum(isinstance(c, nn.Conv2d) for c in m.modules())
     kids = [c for c in m._modules.values() if c is not None]
-    if convs == 1 or (kids and all(isinstance(c, nn.Conv2d) for c in kids)):
+    if convs == 1 or (kids and all(isinstance(c, nn.Conv2d) or (isinstance(c, (nn.ModuleList, nn.ModuleDict))
+                                                                and _is_layer(c)) for c in kids)):
         return True
     return isinstance(m, (nn.ModuleList, nn.ModuleDict)) and bool(kids) and all(_is_layer(c) for c in kids)
 
@@ -105,10 +106,10 @@ def _multi_depthwise_blocks(modules: Dict[str, nn.Module], counts: Dict[str, int
         with_dw = [c for c in kids if any(_is_depthwise(d) for d in c.modules())]
         if not with_dw or not all(_is_layer(c) for c in with_dw):
             continue
-        mixed = [c for c in with_dw if not isinstance(c, (nn.Conv2d, nn.ModuleList)) and c._modules
-                 and all(isinstance(d, nn.Conv2d) for d in c._modules.values())]
+        mixed = [c for c in with_dw if not isinstance(c, nn.Conv2d) and type(c).forward is not nn.Module.forward
+                 and sum(isinstance(d, nn.Conv2d) for d in c.modules()) > 1]
         if mixed:
-            sizes = sorted({d.kernel_size[0] for c in mixed for d in c._modules.values()})
+            sizes = sorted({d.kernel_size[0] for c in mixed for d in c.modules() if isinstance(d, nn.Conv2d)})
             out[path] = f"mixed depthwise kernel sizes {sizes} in one layer (MixConv)"
         elif any(isinstance(c, (nn.ModuleList, nn.ModuleDict)) for c in with_dw):
             out[path] = (f"{counts[path]} depthwise convs as re-parameterisable branches (a ModuleList of conv -> "

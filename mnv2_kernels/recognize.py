@@ -568,11 +568,15 @@ def _find_mixed_modules(block: nn.Module) -> dict:
     """{id(module): MixedConv, or the reason it is not one} for the block's submodules that split their input
     into channel groups, one conv per group, and concatenate (candidates: modules whose children are all
     Conv2d and that are not a Sequential)."""
+    def convs_only(m: nn.Module) -> bool:   # children: Conv2d, or ModuleList / ModuleDict of them
+        kids = [c for c in m._modules.values() if c is not None]
+        return bool(kids) and all(isinstance(c, nn.Conv2d) or (isinstance(c, (nn.ModuleList, nn.ModuleDict))
+                                                               and convs_only(c)) for c in kids)
+
     found = {}
     for path, m in block.named_modules():
-        kids = [c for c in m._modules.values() if c is not None]
-        if (not path or not kids or isinstance(m, (nn.Sequential, nn.Conv2d))
-                or not all(isinstance(c, nn.Conv2d) for c in kids)):
+        if (not path or isinstance(m, (nn.Sequential, nn.Conv2d)) or type(m).forward is nn.Module.forward
+                or not convs_only(m)):
             continue
         try:
             found[id(m)] = recognize_mixed(m)
