@@ -408,6 +408,13 @@ def _ex_cpu_op(*args):
 _EX_CPU_ACTS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none")
 
 
+_EX_ACTS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none")
+
+
+def _ex_triton_op(*args):
+    return torch.ops.mnv2.inverted_residual_ex_triton(*args)
+
+
 # Today every kernel computes exactly the MobileNetV2 block (served through torch.ops.mnv2.inverted_residual);
 # the reference computes everything. Next session: widen a row's tuples and set its op.
 EX_SUPPORT: Dict[str, ExSupport] = {
@@ -416,7 +423,9 @@ EX_SUPPORT: Dict[str, ExSupport] = {
                      se_acts=_EX_CPU_ACTS, se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_CPU_ACTS,
                      dw_start_kernels=(1, 3, 5, 7, 9), op=_ex_cpu_op),
     "cuda": ExSupport(),
-    "triton": ExSupport(),
+    "triton": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_ACTS, paddings=("symmetric", "tf_same"), se_acts=_EX_ACTS,
+                        se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_ACTS, dw_start_kernels=(1, 3, 5, 7, 9),
+                        op=_ex_triton_op),     # mnv2_kernels/triton/launcher_ex.py (issue 13)
     "reference": ExSupport(kernels=(1, 3, 5, 7, 9), acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),
                            paddings=("symmetric", "tf_same"),
                            se_acts=("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"),

@@ -242,3 +242,21 @@ def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_ex
     return run(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, w_project,
                b_project, stride, residual, act_expand, act_dw, padding, se_act, se_gate, act_project, w_dw_start,
                b_dw_start, stride_start)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# issue 13, Triton backend: mnv2::inverted_residual_ex_triton (same schema as inverted_residual_ex), any device
+# (CPU tensors need TRITON_INTERPRET=1); mnv2_kernels/triton/launcher_ex.py. backends.EX_SUPPORT["triton"]
+# calls it.
+# ----------------------------------------------------------------------------------------------------------
+_lib.define("inverted_residual_ex_triton" + _EX_ARGS)
+torch.library.register_fake("mnv2::inverted_residual_ex_triton", _ex_fake, lib=_lib)
+
+
+def _ex_triton_impl(x, *args):
+    from .triton.launcher_ex import inverted_residual_ex_triton
+    return inverted_residual_ex_triton(x, *args)
+
+
+for _key in ("CPU", "CUDA"):
+    _lib.impl("inverted_residual_ex_triton", _ex_triton_impl, _key)

@@ -32,6 +32,11 @@ _H200_SMS = 132
 _INTERPRETER_PROGRAMS = 3
 
 
+# The generalised kernel options (kernel.py; launcher_ex.py) that make the kernels compute the MobileNetV2 block.
+MV2_OPTIONS = dict(K=3, PAD_T=1, PAD_L=1, ACT_EXPAND="relu6", ACT_DW="relu6", ACT_PROJECT="none", HAS_SE=False,
+                   POOL=False, SEPARATE_RES=False)
+
+
 class _Config(NamedTuple):
     block_pb: int   # output pixels per depthwise/project tile
     rows: int       # output rows per band (work item)
@@ -168,7 +173,7 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
                   BORDER=_next_pow2(2 * cfg.ring), BLOCK_K=cfg.block_k,
                   K_STEPS=cfg.k_steps, BLOCK_CO=cfg.block_co, CO_TILES=cfg.co_tiles, CO_REST=cfg.co_rest,
                   HAS_EXPAND=has_expand, RESIDUAL=residual,
-                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee")
+                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee", **MV2_OPTIONS)
     kernel = inverted_residual_ring_kernel
     if variant == "chunk":
         del ints["BANDS"], consts["R"], consts["BORDER"]
@@ -222,8 +227,9 @@ def static_plans(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride:
             continue
         cfg, programs, ints, consts, kernel = _launch_params(variant, N, Cin, Chid, Cout, H, W, stride,
                                                              has_expand, residual, dtype, _H200_SMS)
-        args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wp_ptr", "bp_ptr", "y_ptr", "dbuf_ptr")}
-        args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr=ptr)
+        args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wp_ptr", "bp_ptr", "y_ptr", "dbuf_ptr",
+                                       "res_ptr")}
+        args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", ring_ptr=ptr, gate_ptr="ptr:fp32", pool_ptr="ptr:fp32")
         args.update(ints)
         plans.append(dict(name="triton-" + variant, chosen=variant == chosen, backend="triton", programs=programs,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -235,6 +241,30 @@ def static_plans(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride:
 def _interpreter_active() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
     return isinstance(inverted_residual_ring_kernel, InterpretedFunction)
+
+
+def check_dtype(x: torch.Tensor, prefix: str) -> None:
+    """TypeError unless x's dtype is one the Triton kernels compute (float16, bfloat16, float32)."""
+    if x.dtype not in _DTYPES:
+        raise TypeError(prefix + f"supports float16, bfloat16 and float32, got {x.dtype}; convert the input "
+                        "and the module with .to(torch.float16) (or bfloat16/float32)")
+
+
+def check_device(x: torch.Tensor, prefix: str) -> None:
+    """RuntimeError unless Triton can run x's device here (CUDA, or the CPU with the interpreter on); TypeError
+    for bfloat16 CPU tensors (the interpreter's bfloat16 tl.dot is wrong)."""
+    if x.device.type == "cpu":
+        if not _interpreter_active():
+            raise RuntimeError(prefix + "x is a CPU tensor but Triton's interpreter is off; set the environment "
+                               "variable TRITON_INTERPRET=1 before importing triton (and mnv2_kernels), or "
+                               "move the block and its input to a CUDA device")
+        if x.dtype == torch.bfloat16:
+            raise TypeError(prefix + "Triton's interpreter (CPU tensors) supports float32 and float16, got "
+                            "torch.bfloat16 (its bfloat16 tl.dot is wrong); convert the input and the module "
+                            "with .to(torch.float32), or use backend='cpu' (the C++ kernel computes bfloat16)")
+    elif x.device.type != "cuda":
+        raise RuntimeError(prefix + f"Triton cannot run tensors on {x.device}; move the block and its input "
+                           "to a CUDA device (or to the CPU with TRITON_INTERPRET=1)")
 
 
 def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
@@ -280,9 +310,7 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
             before importing triton), or x is on a device Triton cannot run.
     """
     d = check_inverted_residual_args(x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, stride, residual)
-    if x.dtype not in _DTYPES:
-        raise TypeError(_PREFIX + f"supports float16, bfloat16 and float32, got {x.dtype}; convert the input "
-                        "and the module with .to(torch.float16) (or bfloat16/float32)")
+    check_dtype(x, _PREFIX)
     if variant not in _VARIANTS:
         raise ValueError(_PREFIX + f"variant must be one of {_VARIANTS}, got {variant!r} (the gather and "
                          "recompute kernels were replaced by the ring kernel)")
@@ -292,18 +320,7 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
                          "use variant='auto' or 'ring'")
     if fp32_precision not in _FP32_PRECISIONS:
         raise ValueError(_PREFIX + f"fp32_precision must be one of {_FP32_PRECISIONS}, got {fp32_precision!r}")
-    if x.device.type == "cpu":
-        if not _interpreter_active():
-            raise RuntimeError(_PREFIX + "x is a CPU tensor but Triton's interpreter is off; set the environment "
-                               "variable TRITON_INTERPRET=1 before importing triton (and mnv2_kernels), or "
-                               "move the block and its input to a CUDA device")
-        if x.dtype == torch.bfloat16:
-            raise TypeError(_PREFIX + "Triton's interpreter (CPU tensors) supports float32 and float16, got "
-                            "torch.bfloat16 (its bfloat16 tl.dot is wrong); convert the input and the module "
-                            "with .to(torch.float32), or use backend='cpu' (the C++ kernel computes bfloat16)")
-    elif x.device.type != "cuda":
-        raise RuntimeError(_PREFIX + f"Triton cannot run tensors on {x.device}; move the block and its input "
-                           "to a CUDA device (or to the CPU with TRITON_INTERPRET=1)")
+    check_device(x, _PREFIX)
     ring_cfg = _pick_config(d.Cin, d.Chid, d.Cout, d.H, d.W, d.stride, d.has_expand, d.residual, x.dtype)
     if d.has_expand and ring_cfg.ring * (d.W + 2) * 64 * _cdiv(d.Chid, 64) >= 2 ** 31:
         # Offsets inside one program's ring are int32.
@@ -336,6 +353,7 @@ def inverted_residual_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor], 
                 w_expand.contiguous() if d.has_expand else x_nhwc,
                 b_expand.contiguous() if d.has_expand else x_nhwc,
                 w_dw_t, b_dw_p, w_project.contiguous(), b_project.contiguous(), y, ring, dbuf,
+                x_nhwc, w_dw_t, w_dw_t,          # res_ptr, gate_ptr, pool_ptr: unread (MV2_OPTIONS)
                 *ints.values(), **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
     return y if wants_channels_last(x) else y.contiguous()
