@@ -253,6 +253,11 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     for path, plan in folds:
         if path:
             _set_submodule(model, path, FoldedConvBNAct(modules[path], plan))
+    if fold_conv_bn and type(model).__module__.startswith("timm."):
+        # timm's stem / head: sibling conv_stem + bn1 (conv_head + bn2) pairs, no module around them
+        from .timm_stem import fold_timm_stem_head
+        for path, detail in fold_timm_stem_head(model):
+            report.append(BlockReport(path, bool(path), detail, kind="conv_bn" if path else "other"))
     # issue 14: on the CPU, the stem/head convolutions and nn.Linear layers run on the fused kernel's threads
     # (no OpenMP region per layer; mnv2_kernels/stem_head.py). Same parameters, keys and results.
     if backend in ("auto", "cpu") and _first_param_device(model).type == "cpu":

@@ -476,7 +476,10 @@ class FusedInvertedResidual(_FoldedModule):
 
 
 _ACTIVATIONS: Dict[Optional[str], Optional[Callable]] = {
-    None: None, "relu": F.relu_, "relu6": lambda t: t.clamp_(0.0, 6.0)}
+    None: None, "relu": F.relu_, "relu6": lambda t: t.clamp_(0.0, 6.0),
+    # timm's stems, heads and ConvNormAct layers (issue 13)
+    "hardswish": lambda t: F.hardswish(t, inplace=True), "silu": lambda t: F.silu(t, inplace=True),
+    "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
 
 
 class FoldedConvBNAct(_FoldedModule):
@@ -515,6 +518,9 @@ def refresh(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, _FoldedModule):
             m.refresh()
+        for k, v in m.__dict__.items():   # timm stems / heads folded by mnv2_kernels.timm_stem (not children)
+            if k.startswith("_mnv2_") and isinstance(v, _FoldedModule):
+                v.refresh()
     _clear_kernel_caches()  # also the layers that pass their own weights to a kernel (stem_head.CPULinear)
     return model
 

@@ -47,7 +47,7 @@ class ConvBNPlan:
     """A conv -> BN [-> activation] module outside the blocks (e.g. the stem): paths relative to it."""
     conv: str
     bn: str
-    activation: Optional[str]   # None, "relu" or "relu6"
+    activation: Optional[str]   # None, "relu", "relu6", "hardswish", "silu", "gelu" or "gelu_tanh"
 
     def describe(self) -> str:
         return f"conv+bn{'+' + self.activation if self.activation else ''}"
@@ -268,12 +268,10 @@ def recognize_conv_bn(module: nn.Module) -> ConvBNPlan:
     act = None
     if len(chain) == 3:
         m = chain[2][2]
-        if _is_relu6(m):
-            act = "relu6"
-        elif type(m) is nn.ReLU:
-            act = "relu"
-        else:
+        act = activation_name(m)
+        if act not in ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none"):
             raise NotFusable(f"activation {type(m).__name__} is not folded")
+        act = None if act == "none" else act
     return ConvBNPlan(conv_path, bn_path, act)
 
 

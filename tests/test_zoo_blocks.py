@@ -273,13 +273,12 @@ def test_model_family_fused_matches_the_original(src, name):
         warnings.simplefilter("ignore", mk.FusedPathWarning)
         fused, report = mk.fuse(model, return_report=True)
     blocks = report.fused + report.reference + report.skipped
-    if "mixnet" in name:   # MixConv blocks are skipped (mixed kernel sizes), the others fold
-        assert report.skipped and report.reference and all("MixConv" in r.detail or "MixNet" in r.detail
-                                                          for r in report.skipped)
+    if "mixnet" in name:   # MixConv blocks fold (one kxk depthwise), except MixNet-S's 3/5/7/9/11 block
+        assert len(report.skipped) == 1 and "up to 9x9" in report.skipped[0].detail, str(report)
     else:
-        assert blocks and len(report.fused) + len(report.reference) >= 0.6 * len(blocks), str(report)
+        assert blocks and not report.skipped, str(report)
     for r in report.skipped:   # every skip says what it is and why
-        assert any(w in r.detail for w in ("MixConv", "MixNet", "ConvNeXt", "not in the block contract",
+        assert any(w in r.detail for w in ("MixConv", "anti-aliasing", "not in the block contract",
                                              "not an inverted residual")), str(r)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

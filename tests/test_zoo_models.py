@@ -226,3 +226,58 @@ def test_zoo_model_blocks_fold_and_match(name, skipped):
     err = ((got - ref).abs().max() / ref.abs().max()).item()
     assert err < 1e-4, f"{name}: relative error {err:.2e}"
     assert set(fused.state_dict()) == set(model.state_dict())
+
+
+# --- timm stem / head conv -> BN(+act) ------------------------------------------------------------------------
+def test_timm_stem_and_head_fold(monkeypatch):
+    from timm.layers import BatchNormAct2d
+    from mnv2_kernels.timm_stem import folded_pairs
+
+    model = _rand(timm.create_model("tinynet_e", pretrained=False))   # timm EfficientNet: stem and head pairs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mk.FusedPathWarning)
+        fused, report = mk.fuse(model, return_report=True)
+    pairs = {r.path: r.detail for r in report.folded if "+" in r.path}
+    assert pairs == {"conv_stem+bn1": "conv+bn+silu", "conv_head+bn2": "conv+bn+silu"}, str(report)
+    assert type(fused).__name__ == "FoldedStemEfficientNet" and len(folded_pairs(fused)) == 2
+    assert set(fused.state_dict()) == set(model.state_dict()) and type(model).__name__ == "EfficientNet"
+    calls = []
+    orig = BatchNormAct2d.forward
+
+    def counting(self, x):
+        calls.append(self)
+        return orig(self, x)
+
+    monkeypatch.setattr(BatchNormAct2d, "forward", counting)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ref = model(x)
+        calls.clear()
+        torch.testing.assert_close(fused(x), ref, rtol=1e-4, atol=1e-4)
+        assert fused.bn1 not in calls and fused.bn2 not in calls   # folded: the BNs did not run
+        assert fused.conv_stem(x).shape[1] == fused.bn1.num_features   # the conv alone is still the conv
+        fused.bn1.running_var.data.mul_(4.0)   # a write PyTorch does not record: seen after refresh()
+        model.bn1.running_var.data.mul_(4.0)
+        mk.refresh(fused)
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+        fused.conv_stem = model.conv_stem   # a replaced layer: timm's own forward_features path
+        calls.clear()
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+        assert fused.bn1 in calls
+    fused.train()
+    calls.clear()
+    fused(x)
+    assert fused.bn1 in calls   # training mode: the original layers (BN statistics update)
+
+
+def test_timm_mobilenetv3_stem_fold_survives_save_and_load(tmp_path):
+    model = _rand(timm.create_model("mobilenetv3_small_050", pretrained=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mk.FusedPathWarning)
+        fused, report = mk.fuse(model, return_report=True)
+    assert [r.detail for r in report.folded if r.path == "conv_stem+bn1"] == ["conv+bn+hardswish"]
+    torch.save(fused, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
