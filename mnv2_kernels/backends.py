@@ -411,6 +411,10 @@ _EX_CPU_ACTS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none
 _EX_ACTS = ("relu6", "relu", "hardswish", "silu", "gelu", "gelu_tanh", "none")
 
 
+def _ex_cuda_op(*args):
+    return torch.ops.mnv2.inverted_residual_ex(*args)  # CUDA tensors: the _C_cuda extension's kernel
+
+
 def _ex_triton_op(*args):
     return torch.ops.mnv2.inverted_residual_ex_triton(*args)
 
@@ -422,7 +426,11 @@ EX_SUPPORT: Dict[str, ExSupport] = {
     "cpu": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_CPU_ACTS, paddings=("symmetric", "tf_same"),
                      se_acts=_EX_CPU_ACTS, se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_CPU_ACTS,
                      dw_start_kernels=(1, 3, 5, 7, 9), op=_ex_cpu_op),
-    "cuda": ExSupport(),
+    # csrc/cuda (issue 13): mnv2_ir_ex_kernel<T, S, K> + squeeze-excite MLP + leading depthwise kernels, registered
+    # for the CUDA key by csrc/cuda/inverted_residual_binding.cpp (float16 / bfloat16, as the "cuda" row of ROWS)
+    "cuda": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_ACTS, paddings=("symmetric", "tf_same"), se_acts=_EX_ACTS,
+                      se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_ACTS, dw_start_kernels=(1, 3, 5, 7, 9),
+                      op=_ex_cuda_op),
     "triton": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_ACTS, paddings=("symmetric", "tf_same"), se_acts=_EX_ACTS,
                         se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_ACTS, dw_start_kernels=(1, 3, 5, 7, 9),
                         op=_ex_triton_op),     # mnv2_kernels/triton/launcher_ex.py (issue 13)

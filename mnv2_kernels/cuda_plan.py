@@ -8,7 +8,10 @@ constants below match the .cu source and, when the CUDA extension is built, that
 Channel counts here are the kernel's: multiples of 8 (the binding pads odd counts with zeros); ``kernel_channels``
 maps the op's channel counts to them.
 
-    plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand, smem_limit=H200_SMEM_OPTIN, num_sms=H200_SMS) -> dict
+    plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand, smem_limit=H200_SMEM_OPTIN, num_sms=H200_SMS,
+         kernel=3, pad_t=1) -> dict
+        (kernel / pad_t: the generalised block's K x K depthwise and its padding rows before the image,
+        ``mnv2_ir_cuda_plan_ex``; ``pads`` gives them per axis as the binding computes them)
     static_plans(N, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype) -> list[dict]
         (the interface of the static GPU report, see docs/CUDA_KERNEL.md)
 """
@@ -23,6 +26,7 @@ CHUNK = 96                  # hidden channels per chunk in chunk mode
 BUDGET2 = 113 * 1024        # shared memory per CTA for 2 CTAs per SM
 MIN_RING_PIXELS = 24        # ring mode needs R * Wo >= this (or R == Ho)
 MAX_CHANNELS = 1 << 16
+MAX_K = 9                   # largest depthwise kernel (generalised block)
 
 H200_SMS = 132
 H200_SMEM_OPTIN = 232448    # cudaDevAttrMaxSharedMemoryPerBlockOptin on H100 / H200 (227 KB)
@@ -59,14 +63,33 @@ def pack_k32(w):
     return p.reshape(rows, c32 // 32, 2, 2, 4, 2).transpose(0, 1, 4, 2, 3, 5).reshape(rows, c32)
 
 
-def ring_pixels(RR, W):
-    """Pixels of the ring: RR rows of W + 1 (a zero pixel before each row), a final zero pixel, slack (the .cu)."""
-    return RR * (W + 1) + 1 + 2 * PX + 2
+def ring_gap(K):
+    """Zero pixels between ring rows for a K x K depthwise (the .cu's ring_gap): max(K // 2, 1)."""
+    return max(K // 2, 1)
 
 
-def layout(Cin8, Chid8, H, W, Wo, S, R, HC):
+def ring_rows_for(R, S, K, H):
+    """Ring rows: (R - 1) * S + max(K, S), capped at H (the .cu's ring_rows_for)."""
+    return min((R - 1) * S + max(K, S), H)
+
+
+def ring_pixels(RR, W, Z=1):
+    """Pixels of the ring: RR rows of W + Z (Z zero pixels before each row), Z final zero pixels, slack (the .cu)."""
+    return RR * (W + Z) + Z + 2 * PX + 2
+
+
+def pads(size, kernel, stride, padding):
+    """(before, after) padding along one axis as the binding computes it: kernel // 2 each side ("symmetric") or
+    TensorFlow "same" (reference.tf_same_pads)."""
+    if padding == "symmetric":
+        return kernel // 2, kernel // 2
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def layout(Cin8, Chid8, H, W, Wo, S, R, HC, K=3):
     """Shared-memory layout of one CTA (offsets in bytes), as make_layout in the .cu."""
-    RR = min((R - 1) * S + 3, H)
+    RR = ring_rows_for(R, S, K, H)
     LX = pad_ld(round_up(Cin8, 32))
     MXP = round_up(RR * W, 32)
     LH = pad_ld(HC)
@@ -78,62 +101,66 @@ def layout(Cin8, Chid8, H, W, Wo, S, R, HC):
     off_x = off
     off = a128(off + MXP * LX * 2)
     off_ring = off
-    off = a128(off + ring_pixels(RR, W) * LH * 2)
+    off = a128(off + ring_pixels(RR, W, ring_gap(K)) * LH * 2)
     off_dw = off
     off = a128(off + MOP * LD2 * 2)
     off_wdw = off
-    off = a128(off + 9 * HC * 4)
+    off = a128(off + K * K * HC * 4)
     off_bdw = off
     off = a128(off + HC * 4)
     return dict(RR=RR, LX=LX, MXP=MXP, LH=LH, KP=KP, LD2=LD2, MOP=MOP, off_x=off_x, off_ring=off_ring,
                 off_dw=off_dw, off_wdw=off_wdw, off_bdw=off_bdw, total=off)
 
 
-def _best_rows(Cin8, Chid8, H, W, Ho, Wo, S, HC, budget):
+def _best_rows(Cin8, Chid8, H, W, Ho, Wo, S, HC, budget, K=3):
     rmax = min(max(MAX_STEP_PIXELS // Wo, 1), Ho)
     for R in range(rmax, 0, -1):
-        if layout(Cin8, Chid8, H, W, Wo, S, R, HC)["total"] <= budget:
+        if layout(Cin8, Chid8, H, W, Wo, S, R, HC, K)["total"] <= budget:
             return R
     return 0
 
 
-def _chunk_mode_slots(H, W, Ho, S, R):
+def _chunk_mode_slots(H, W, Ho, S, R, K=3, pad_t=1):
     """Expanded pixel slots (rounded to 32-pixel warp tiles) of one image in chunk mode (one step per band)."""
     slots = 0
     for oy0 in range(0, Ho, R):
         r1 = min(oy0 + R, Ho)
-        slots += round_up((min((r1 - 1) * S + 2, H) - max(oy0 * S - 1, 0)) * W, 32)
+        slots += round_up((min((r1 - 1) * S - pad_t + K, H) - max(oy0 * S - pad_t, 0)) * W, 32)
     return slots
 
 
-def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_SMEM_OPTIN, num_sms=H200_SMS):
+def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_SMEM_OPTIN, num_sms=H200_SMS,
+         kernel=3, pad_t=1):
     """The kernel's configuration for a block shape: same fields as the C struct mnv2_ir_plan (``ok`` = 0 when
-    the shape cannot run within `smem_limit`)."""
+    the shape cannot run within `smem_limit`). ``kernel`` / ``pad_t``: mnv2_ir_cuda_plan_ex's (3 / 1: MobileNetV2)."""
     bad = dict(ok=0, rows=0, chunk=0, nchunks=0, ring_rows=0, steps=0, bands=0, ctas_per_sm=0, items=0, grid=0,
                smem=0)
+    K = kernel
     if (N < 0 or H < 1 or W < 1 or Cin8 < 8 or Chid8 < 8 or Cin8 > MAX_CHANNELS or Chid8 > MAX_CHANNELS
-            or stride not in (1, 2) or num_sms < 1):
+            or stride not in (1, 2) or num_sms < 1 or K < 1 or K > MAX_K or K % 2 == 0 or pad_t < 0
+            or pad_t > K // 2):
         return bad
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
     ChidP = round_up(Chid8, 32)
     hc_chunk = min(ChidP, CHUNK)
     R = HC = 0
     for budget in (min(BUDGET2, smem_limit), smem_limit):
-        r = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, ChidP, budget)
+        r = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, ChidP, budget, K)
         if r > 0 and (r == Ho or r * Wo >= MIN_RING_PIXELS):
             R, HC = r, ChidP
             break
-        rc = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budget)
+        rc = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budget, K)
         if rc > 0 and budget != smem_limit:  # one CTA per SM with taller bands when far fewer halo pixels
-            rl = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, smem_limit)
-            if rl > rc and 10 * _chunk_mode_slots(H, W, Ho, stride, rl) < 7 * _chunk_mode_slots(H, W, Ho, stride, rc):
+            rl = _best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, smem_limit, K)
+            if rl > rc and (10 * _chunk_mode_slots(H, W, Ho, stride, rl, K, pad_t)
+                            < 7 * _chunk_mode_slots(H, W, Ho, stride, rc, K, pad_t)):
                 rc = rl
         if rc > 0:
             R, HC = rc, hc_chunk
             break
     if R == 0:
         return bad
-    L = layout(Cin8, Chid8, H, W, Wo, stride, R, HC)
+    L = layout(Cin8, Chid8, H, W, Wo, stride, R, HC, K)
     steps = (Ho + R - 1) // R
     ctas = 2 if L["total"] <= BUDGET2 else 1
     slots = ctas * num_sms
@@ -147,7 +174,7 @@ def plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand=True, smem_limit=H200_S
                 ctas_per_sm=ctas, items=items, grid=min(items, slots), smem=L["total"])
 
 
-def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
+def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False, kernel=3, pad_t=1):
     """Per-CTA loop structure of the kernel for plan `p`: the work each loop does, for the static model.
 
     Returns dict with, per program (CTA, the busiest one), the trip counts of each loop of the kernel:
@@ -160,7 +187,7 @@ def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
     div = (lambda a, b: -(-a // b)) if critical_path else (lambda a, b: a / b)  # noqa: E731
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
     R, HC = p["rows"], p["chunk"]
-    L = layout(Cin8, Chid8, H, W, Wo, stride, R, HC)
+    L = layout(Cin8, Chid8, H, W, Wo, stride, R, HC, kernel)
     items_per_cta = -(-p["items"] // max(p["grid"], 1))
     CinP = round_up(Cin8, 32)
     # totals over one image (all bands), then divided by bands to get per item
@@ -169,10 +196,10 @@ def schedule(N, Cin8, Chid8, Cout8, H, W, stride, p, critical_path=False):
     for b in range(p["bands"]):
         k0, k1 = b * p["steps"] // p["bands"], (b + 1) * p["steps"] // p["bands"]
         oy0 = k0 * R
-        e0 = max(0, oy0 * stride - 1)
+        e0 = max(0, oy0 * stride - pad_t)
         for k in range(k0, k1):
             nrows = min(R, Ho - oy0)
-            e1 = min(H, (oy0 + nrows - 1) * stride + 2)
+            e1 = min(H, (oy0 + nrows - 1) * stride - pad_t + kernel)
             npix = (e1 - e0) * W
             t["steps"] += 1
             t["load_vec"] += div(round_up(npix, 32) * CinP // 8, THREADS)

@@ -311,6 +311,141 @@ def test_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# (c) the generalised block (mnv2::inverted_residual_ex, issue 13): activations, K x K depthwise, TF "same"
+# padding, squeeze-excite (two passes), leading depthwise, project activation, against float64
+
+def test_cuda_ex_kernel_registered_when_built():
+    if _CUDA_EXT_SPEC is None:
+        pytest.skip("the CUDA extension mnv2_kernels._C_cuda is not built here (no CUDA torch or nvcc at build "
+                    "time, or MNV2_BUILD_CUDA=0)")
+    assert _ext.CUDA_EXT is not None, f"mnv2_kernels._C_cuda exists but does not load: {_ext.CUDA_EXT_ERROR}"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual_ex", "CUDA"):
+        pytest.skip("the built mnv2_kernels._C_cuda predates the generalised kernel (rebuild: "
+                    "MNV2_BUILD_CUDA=1 python setup.py build_ext --inplace)")
+
+
+def _ex_args_gpu(cin, chid, cout, *, k=3, stride=1, residual=False, expand=True, se=0, start=0, stride_start=1,
+                 acts=("relu6", "relu6", "none"), padding="symmetric", se_fns=("relu", "sigmoid"), n=2, h=14, w=14,
+                 dtype=torch.float16, seed=0):
+    """Arguments of mnv2::inverted_residual_ex on the GPU in `dtype` (weights scaled like folded BN weights)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to("cuda", dtype)  # noqa: E731
+    if not expand:
+        chid = cin
+    x = r(n, cin, h, w)
+    we, be = (r(chid, cin, scale=cin ** -0.5), r(chid, scale=0.5)) if expand else (None, None)
+    sev = (r(se, chid, scale=chid ** -0.5), r(se, scale=0.3), r(chid, se, scale=se ** -0.5), r(chid, scale=0.3)) \
+        if se else (None,) * 4
+    st = (r(cin, start, start, scale=1.0 / start), r(cin, scale=0.3)) if start else (None, None)
+    return [x, we, be, r(chid, k, k, scale=1.0 / k), r(chid, scale=0.3), *sev, r(cout, chid, scale=chid ** -0.5),
+            r(cout, scale=0.3), stride, residual, acts[0], acts[1], padding, se_fns[0], se_fns[1], acts[2], st[0],
+            st[1], stride_start if start else 1]
+
+
+def _check_ex_accuracy(got, args, what=""):
+    from mnv2_kernels.reference import inverted_residual_ex_reference
+    x = args[0]
+    dt = x.dtype
+    ref = inverted_residual_ex_reference(*[a.to("cpu", torch.float64) if isinstance(a, torch.Tensor) else a
+                                          for a in args])
+    eager = inverted_residual_ex_reference(*args).to("cpu", torch.float64)
+    assert got.shape == ref.shape and got.dtype == dt and got.device == x.device, (got.shape, ref.shape)
+    g = got.to("cpu", torch.float64)
+    assert torch.isfinite(g).all(), f"{what}: non-finite outputs at {torch.nonzero(~torch.isfinite(g))[:5].tolist()}"
+    err = (g - ref).abs().max().item()
+    err_eager = (eager - ref).abs().max().item()
+    atol = 4 * ULP[dt] * max(1.0, ref.abs().max().item())
+    assert err <= 2 * err_eager + atol, f"{what}: max error {err:.3g} > 2 x eager {err_eager:.3g} + atol {atol:.3g}"
+    return err, err_eager
+
+
+EX_GPU_CONFIGS = [
+    # (id, kwargs): each activation, K, padding, SE, leading depthwise, project activation
+    ("relu-k3", dict(cin=16, chid=64, cout=16, k=3, residual=True, acts=("relu", "relu", "none"))),
+    ("hardswish-k5-se-mnv3", dict(cin=40, chid=120, cout=40, k=5, residual=True, se=32, acts=("hardswish",) * 2 + ("none",),
+                                  se_fns=("relu", "hardsigmoid"), h=28, w=28)),
+    ("silu-k3-se-effnet-b0", dict(cin=24, chid=144, cout=24, k=3, residual=True, se=6, acts=("silu", "silu", "none"),
+                                  se_fns=("silu", "sigmoid"), h=56, w=56)),
+    ("relu-k5-s2-mnasnet", dict(cin=24, chid=72, cout=40, k=5, stride=2, acts=("relu", "relu", "none"), h=56, w=56)),
+    ("gelu-k7", dict(cin=16, chid=48, cout=16, k=7, acts=("gelu", "gelu", "none"), h=15, w=13)),
+    ("gelu_tanh-k9", dict(cin=16, chid=32, cout=24, k=9, acts=("gelu_tanh", "gelu_tanh", "none"), h=17, w=19)),
+    ("k1-s2", dict(cin=16, chid=64, cout=24, k=1, stride=2, acts=("relu", "none", "none"), h=20, w=18)),
+    ("tf_same-k3-s2-even", dict(cin=16, chid=96, cout=24, k=3, stride=2, padding="tf_same", h=28, w=28)),
+    ("tf_same-k5-s2-even-se", dict(cin=24, chid=144, cout=40, k=5, stride=2, padding="tf_same", se=6,
+                                   acts=("silu", "silu", "none"), se_fns=("silu", "sigmoid"), h=28, w=28)),
+    ("chunk-k5-se", dict(cin=112, chid=672, cout=112, k=5, residual=True, se=168,
+                         acts=("hardswish", "hardswish", "none"), se_fns=("relu", "hardsigmoid"), h=14, w=14)),
+    ("no-expand-k3-se", dict(cin=16, chid=16, cout=16, k=3, expand=False, se=8, acts=("relu", "relu", "none"),
+                             se_fns=("relu", "hardsigmoid"), h=56, w=56)),
+    ("odd-channels", dict(cin=7, chid=21, cout=5, k=5, stride=2, se=5, padding="tf_same",
+                          acts=("hardswish", "hardswish", "none"), h=9, w=12)),
+    ("project-act-lcnet", dict(cin=16, chid=16, cout=32, k=3, expand=False, acts=("hardswish",) * 3)),
+    ("uib-extradw", dict(cin=32, chid=128, cout=32, k=5, start=3, residual=True, acts=("relu", "relu", "none"))),
+    ("uib-extradw-s2", dict(cin=32, chid=128, cout=48, k=3, start=5, stride_start=2, acts=("relu", "relu", "none"),
+                            padding="tf_same", h=28, w=28)),
+    ("uib-convnext", dict(cin=32, chid=128, cout=32, k=1, start=7, residual=True, acts=("relu", "none", "none"))),
+]
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", EX_GPU_CONFIGS, ids=[c[0] for c in EX_GPU_CONFIGS])
+def test_ex_matches_float64(cfg, dtype):
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual_ex", "CUDA"):
+        pytest.skip("the built mnv2_kernels._C_cuda predates the generalised kernel")
+    name, kw = cfg
+    args = _ex_args_gpu(dtype=dtype, seed=len(name), **kw)
+    x = args[0]
+    ho = (x.shape[2] - 1) // args[-1] // args[11] + 1
+    _poison_allocator(x.shape[0] * kw["cout"] * ho * ho * 2 * 4)
+    got = ops.inverted_residual_ex(*args, backend="cuda")
+    torch.cuda.synchronize()
+    _check_ex_accuracy(got, args, name)
+    cl = [a.contiguous(memory_format=torch.channels_last) if i == 0 else a for i, a in enumerate(args)]
+    got_cl = ops.inverted_residual_ex(*cl, backend="cuda")
+    assert got_cl.is_contiguous(memory_format=torch.channels_last)
+    if kw.get("se"):  # float32 atomics in the pool: order may differ, values within the accuracy rule
+        _check_ex_accuracy(got_cl, cl, name + " channels_last")
+    else:
+        assert torch.equal(got_cl, got)
+
+
+@needs_cuda_kernel
+def test_ex_nan_propagates_like_pytorch():
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual_ex", "CUDA"):
+        pytest.skip("the built mnv2_kernels._C_cuda predates the generalised kernel")
+    for acts in (("hardswish", "silu", "none"), ("gelu", "relu", "none"), ("relu6", "gelu_tanh", "none")):
+        args = _ex_args_gpu(16, 48, 16, k=5, residual=True, acts=acts, padding="tf_same", n=1, h=9, w=9, seed=3)
+        x = args[0].clone()
+        x[0, 3, 4, 4] = float("nan")
+        args[0] = x
+        got = ops.inverted_residual_ex(*args, backend="cuda").cpu()
+        ref = ops.inverted_residual_ex(*args, backend="reference").cpu()
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)), acts
+
+
+@needs_cuda_kernel
+def test_ex_errors_and_empty_batch():
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual_ex", "CUDA"):
+        pytest.skip("the built mnv2_kernels._C_cuda predates the generalised kernel")
+    args = _ex_args_gpu(8, 16, 8, k=5, se=4)
+    bad = list(args)
+    bad[14] = "swish"
+    with pytest.raises(ValueError, match="act_dw must be one of"):
+        torch.ops.mnv2.inverted_residual_ex(*bad)
+    bad = list(args)
+    bad[3] = bad[3][:, :4, :4]
+    with pytest.raises(ValueError, match="w_dw must be"):
+        torch.ops.mnv2.inverted_residual_ex(*bad)
+    bad = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(TypeError, match="CUDA kernel supports torch.float16 and torch.bfloat16"):
+        torch.ops.mnv2.inverted_residual_ex(*bad)
+    empty = list(args)
+    empty[0] = args[0][:0]
+    assert torch.ops.mnv2.inverted_residual_ex(*empty).shape == (0, 8, 14, 14)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # script mode: a few launches for compute-sanitizer (memcheck / racecheck / synccheck / initcheck)
 
 def _sanitize_main(tiny):

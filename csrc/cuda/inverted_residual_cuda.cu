@@ -29,6 +29,19 @@
 // drop it); rounding is monotonic and 0, 6 are exact, so this equals rounding the float clamp.
 // Offsets into x and y are int64; the in-CTA pixel counts are small (bounded by shared memory).
 // No torch headers here; the binding (inverted_residual_binding.cpp) validates, pads and allocates.
+//
+// The generalised block (mnv2::inverted_residual_ex, issue 13; docs/CUDA_KERNEL.md "Generalised blocks") is the
+// same body with GEN = true (mnv2_ir_ex_kernel<T, S, K>): depthwise kernel K in 1, 3, 5, 7, 9 (template), runtime
+// pads before (pad_t, pad_l: symmetric or TF "same"; the after-pads are implicit: rows >= H are skipped, columns
+// >= W read the ring's zero gap of Z = max(K / 2, 1) pixels between rows), runtime activations after expand,
+// depthwise and project (a warp-uniform switch in each epilogue, on values rounded to the I/O dtype as eager
+// PyTorch computes them), and squeeze-excite in two passes over the input that never write the expanded tensor:
+// se_mode 1 runs expand + depthwise and adds the depthwise outputs of each (image, channel) into a float32 pool
+// (global atomics, no project), se_excite_kernel turns the pool into the gate, se_mode 2 recomputes, multiplies
+// the depthwise output by the gate and projects. A leading depthwise (MobileNetV4 UIB ExtraDW) runs first as
+// leading_dw_kernel into a narrow [N, H1, W1, Cin8] buffer; the residual then adds the original x (xres).
+// The MobileNetV2 instantiation (mnv2_ir_ring_kernel<T, S>: GEN = false, K = 3, ReLU6) compiles to the same code
+// as before.
 #include "inverted_residual_cuda.cuh"
 
 #include <cuda_bf16.h>
@@ -50,6 +63,17 @@ constexpr int kChunk = 96;           // hidden channels per chunk in chunk mode
 constexpr int64_t kBudget2 = 113 * 1024;  // shared memory per CTA for 2 CTAs per SM (228 KB SM, 1 KB reserved)
 constexpr int kMinRingPixels = 24;   // ring mode needs R * Wo >= this (or R == Ho)
 constexpr int64_t kMaxChannels = 1 << 16;
+constexpr int kMaxK = 9;             // largest depthwise kernel (generalised block)
+
+// Zero pixels between ring rows for a K x K depthwise: the largest pad on either side (symmetric: K / 2; TF
+// "same": at most K / 2 as well), at least 1 (the MobileNetV2 layout).
+constexpr int ring_gap(int K) { return K / 2 > 1 ? K / 2 : 1; }
+// Ring rows a step needs: (R - 1) * S + K input rows, at least R * S (K = 1, stride 2: the rows between two
+// steps' rows are expanded too, as the band's rows are contiguous).
+inline int64_t ring_rows_for(int64_t R, int S, int K, int64_t H) {
+  const int64_t rr = (R - 1) * S + (K > S ? K : S);
+  return rr < H ? rr : H;
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Plan (host). Mirrored by mnv2_kernels/cuda_plan.py.
@@ -60,21 +84,21 @@ inline int64_t align128(int64_t v) { return round_up(v, 128); }
 // 16-byte units, so the 8 rows one ldmatrix phase reads fall in 8 different bank groups.
 inline int64_t pad_ld(int64_t elems) { return (elems / 8) % 2 == 1 ? elems : elems + 8; }
 
-// Ring of expanded rows: row r holds image columns 0 .. W-1 at pixels r*(W+1) + 1 .. r*(W+1) + W; pixels r*(W+1)
-// (r = 0 .. RR) are zero, so column -1 of a row and column W (the next row's zero pixel) read as zero padding
-// without a check. A few slack pixels after the last row absorb the reads of a partial depthwise strip (outputs
-// past Wo, which are discarded).
-inline int64_t ring_pixels(int64_t RR, int64_t W) { return RR * (W + 1) + 1 + 2 * kPX + 2; }
+// Ring of expanded rows: row r holds image columns 0 .. W-1 at pixels r*(W+Z) + Z .. r*(W+Z) + Z + W - 1 (Z =
+// ring_gap(K), 1 for 3x3); the Z pixels before each row (and after the last) are zero, so columns -Z .. -1 of a row
+// and W .. W+Z-1 (the next row's zero pixels) read as zero padding without a check. A few slack pixels after the
+// last row absorb the reads of a partial depthwise strip (outputs past Wo, which are discarded).
+inline int64_t ring_pixels(int64_t RR, int64_t W, int64_t Z = 1) { return RR * (W + Z) + Z + 2 * kPX + 2; }
 
 struct Layout {
   int64_t LX, MXP, LH, LD2, MOP, KP, RR;
   int64_t off_x, off_ring, off_dw, off_wdw, off_bdw, total;
 };
 
-Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo, int S, int64_t R, int64_t HC) {
+Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo, int S, int64_t R, int64_t HC,
+                   int K = 3) {
   Layout L;
-  L.RR = (R - 1) * S + 3;
-  if (L.RR > H) L.RR = H;
+  L.RR = ring_rows_for(R, S, K, H);
   L.LX = pad_ld(round_up(Cin8, 32));
   L.MXP = round_up(L.RR * W, 32);
   L.LH = pad_ld(HC);
@@ -83,9 +107,9 @@ Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo
   L.MOP = round_up(R * Wo, 32);
   int64_t off = 0;
   L.off_x = off;    off = align128(off + L.MXP * L.LX * 2);
-  L.off_ring = off; off = align128(off + ring_pixels(L.RR, W) * L.LH * 2);
+  L.off_ring = off; off = align128(off + ring_pixels(L.RR, W, ring_gap(K)) * L.LH * 2);
   L.off_dw = off;   off = align128(off + L.MOP * L.LD2 * 2);
-  L.off_wdw = off;  off = align128(off + 9 * HC * 4);
+  L.off_wdw = off;  off = align128(off + int64_t(K) * K * HC * 4);
   L.off_bdw = off;  off = align128(off + HC * 4);
   L.total = off;
   return L;
@@ -93,23 +117,23 @@ Layout make_layout(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Wo
 
 // Largest R in [1, Ho] with R*Wo <= kMaxStepPixels (R = 1 always allowed) whose layout fits `budget`; 0 if none.
 int64_t best_rows(int64_t Cin8, int64_t Chid8, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int S, int64_t HC,
-                  int64_t budget) {
+                  int64_t budget, int K) {
   int64_t rmax = kMaxStepPixels / Wo;
   if (rmax < 1) rmax = 1;
   if (rmax > Ho) rmax = Ho;
   for (int64_t R = rmax; R >= 1; --R)
-    if (make_layout(Cin8, Chid8, H, W, Wo, S, R, HC).total <= budget) return R;
+    if (make_layout(Cin8, Chid8, H, W, Wo, S, R, HC, K).total <= budget) return R;
   return 0;
 }
 
 // Expanded pixel slots (32-pixel warp tiles x 32) of one image when every band is one step of R output rows (chunk
 // mode: each band expands its own halo rows).
-int64_t chunk_mode_slots(int64_t H, int64_t W, int64_t Ho, int S, int64_t R) {
+int64_t chunk_mode_slots(int64_t H, int64_t W, int64_t Ho, int S, int64_t R, int K, int pad_t) {
   int64_t slots = 0;
   for (int64_t oy0 = 0; oy0 < Ho; oy0 += R) {
     const int64_t r1 = oy0 + R < Ho ? oy0 + R : Ho;
-    const int64_t e0 = oy0 * S - 1 > 0 ? oy0 * S - 1 : 0;
-    const int64_t e1 = (r1 - 1) * S + 2 < H ? (r1 - 1) * S + 2 : H;
+    const int64_t e0 = oy0 * S - pad_t > 0 ? oy0 * S - pad_t : 0;
+    const int64_t e1 = (r1 - 1) * S - pad_t + K < H ? (r1 - 1) * S - pad_t + K : H;
     slots += round_up((e1 - e0) * W, 32);
   }
   return slots;
@@ -117,13 +141,16 @@ int64_t chunk_mode_slots(int64_t H, int64_t W, int64_t Ho, int S, int64_t R) {
 
 }  // namespace
 
-extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_t Cout8, int64_t H, int64_t W,
-                                  int stride, int has_expand, int64_t smem_limit, int num_sms, mnv2_ir_plan* plan) {
+extern "C" void mnv2_ir_cuda_plan_ex(int64_t N, int64_t Cin8, int64_t Chid8, int64_t Cout8, int64_t H, int64_t W,
+                                     int stride, int kernel, int pad_t, int has_expand, int64_t smem_limit,
+                                     int num_sms, mnv2_ir_plan* plan) {
   mnv2_ir_plan P = {};
   (void)has_expand;
   (void)Cout8;
+  const int K = kernel;
   if (N < 0 || H < 1 || W < 1 || Cin8 < 8 || Chid8 < 8 || Cin8 > kMaxChannels || Chid8 > kMaxChannels ||
-      (stride != 1 && stride != 2) || num_sms < 1) {
+      (stride != 1 && stride != 2) || num_sms < 1 || K < 1 || K > kMaxK || K % 2 == 0 || pad_t < 0 ||
+      pad_t > K / 2) {
     *plan = P;
     return;
   }
@@ -133,16 +160,17 @@ extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_
   const int64_t budgets[2] = {kBudget2 < smem_limit ? kBudget2 : smem_limit, smem_limit};
   int64_t R = 0, HC = 0;
   for (int b = 0; b < 2 && R == 0; ++b) {
-    const int64_t r = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, ChidP, budgets[b]);
+    const int64_t r = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, ChidP, budgets[b], K);
     if (r > 0 && (r == Ho || r * Wo >= kMinRingPixels)) {
       R = r;
       HC = ChidP;
       break;
     }
-    int64_t rc = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[b]);
+    int64_t rc = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[b], K);
     if (rc > 0 && b == 0) {  // one CTA per SM with taller bands when that expands far fewer halo pixels
-      const int64_t rl = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[1]);
-      if (rl > rc && 10 * chunk_mode_slots(H, W, Ho, stride, rl) < 7 * chunk_mode_slots(H, W, Ho, stride, rc))
+      const int64_t rl = best_rows(Cin8, Chid8, H, W, Ho, Wo, stride, hc_chunk, budgets[1], K);
+      if (rl > rc && 10 * chunk_mode_slots(H, W, Ho, stride, rl, K, pad_t) <
+                         7 * chunk_mode_slots(H, W, Ho, stride, rc, K, pad_t))
         rc = rl;
     }
     if (rc > 0) {
@@ -155,7 +183,7 @@ extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_
     *plan = P;
     return;
   }
-  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, R, HC);
+  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, R, HC, K);
   P.ok = 1;
   P.rows = int(R);
   P.chunk = int(HC);
@@ -176,6 +204,11 @@ extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_
   P.grid = P.items < slots ? P.items : slots;
   P.smem = L.total;
   *plan = P;
+}
+
+extern "C" void mnv2_ir_cuda_plan(int64_t N, int64_t Cin8, int64_t Chid8, int64_t Cout8, int64_t H, int64_t W,
+                                  int stride, int has_expand, int64_t smem_limit, int num_sms, mnv2_ir_plan* plan) {
+  mnv2_ir_cuda_plan_ex(N, Cin8, Chid8, Cout8, H, W, stride, 3, 1, has_expand, smem_limit, num_sms, plan);
 }
 
 namespace {
@@ -201,11 +234,65 @@ __device__ __forceinline__ uint32_t fdiv(uint32_t n, const FastDiv& f) {
   return (__umulhi(n, f.mul) + n) >> f.shift;
 }
 
+// Activations in float (generalised block), NaN propagating as PyTorch's: the clamps go through fminf / fmaxf
+// only where a NaN input still yields NaN (x * clamp(x + 3) is NaN for a NaN x; hardsigmoid checks explicitly).
+// Codes: mnv2_act in inverted_residual_cuda.cuh.
+__device__ __forceinline__ float act_f(int a, float v) {
+  switch (a) {
+    case MNV2_ACT_RELU6: return v != v ? v : fminf(fmaxf(v, 0.f), 6.f);
+    case MNV2_ACT_RELU: return v != v ? v : fmaxf(v, 0.f);
+    case MNV2_ACT_HARDSWISH: return v * fminf(fmaxf(v + 3.f, 0.f), 6.f) / 6.f;
+    case MNV2_ACT_SILU: return v / (1.f + expf(-v));
+    case MNV2_ACT_GELU: return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    case MNV2_ACT_GELU_TANH: {
+      const float inner = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+      return 0.5f * v * (1.f + tanhf(inner));
+    }
+    case MNV2_GATE_SIGMOID: return 1.f / (1.f + expf(-v));
+    case MNV2_GATE_HARDSIGMOID: return v != v ? v : fminf(fmaxf(v + 3.f, 0.f), 6.f) / 6.f;
+    default: return v;  // MNV2_ACT_NONE
+  }
+}
+
+// The smooth activations of the epilogues, compact (one code path per element whatever the activation, so the
+// 32-value epilogues stay small): act(v) = v * m(v) with m = (1 + erf(v / sqrt 2)) / 2 (GELU), clamp(v + 3, 0, 6) / 6
+// (hardswish) or sigmoid(z) with z = v (SiLU) or z = 2 sqrt(2 / pi) (v + 0.044715 v^3) (GELU tanh: (1 + tanh(u)) / 2
+// = sigmoid(2u)). NaN propagates (v * m). ReLU6 / ReLU / none are handled in packed form by the callers.
+__device__ __forceinline__ float act_smooth(int a, float v) {
+  float m;
+  if (a == MNV2_ACT_GELU) {
+    m = 0.5f * (1.f + erff(v * 0.70710678118654752f));
+  } else if (a == MNV2_ACT_HARDSWISH) {
+    m = fminf(fmaxf(v + 3.f, 0.f), 6.f) * (1.f / 6.f);
+  } else {
+    const float z = a == MNV2_ACT_SILU ? v : 1.5957691216057308f * (v + 0.044715f * v * v * v);
+    m = 1.f / (1.f + __expf(-z));
+  }
+  return v * m;
+}
+
 template <typename T>
 struct Tr;
 
 template <>
 struct Tr<__half> {
+  // act(a, b) rounded to a packed pair, for the generalised block's runtime activation `act` (warp-uniform): the
+  // conv output is rounded first (eager PyTorch rounds every op's output), then the activation in float, rounded.
+  // ReLU6 / ReLU / none stay in packed form (NaN-propagating min / max, as relu6_f2).
+  static __device__ __forceinline__ uint32_t act_f2(int act, float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    if (act == MNV2_ACT_RELU6) {
+      h = __hmin2_nan(__hmax2_nan(h, __float2half2_rn(0.f)), __float2half2_rn(6.f));
+    } else if (act == MNV2_ACT_RELU) {
+      h = __hmax2_nan(h, __float2half2_rn(0.f));
+    } else if (act != MNV2_ACT_NONE) {
+      const float2 f = __half22float2(h);
+      h = __floats2half2_rn(act_smooth(act, f.x), act_smooth(act, f.y));
+    }
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float round_f(float v) { return to_f(from_f(v)); }
+  static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
   static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
   static __device__ __forceinline__ float2 to_f2(uint32_t v) {
     return __half22float2(*reinterpret_cast<const __half2*>(&v));
@@ -232,6 +319,23 @@ struct Tr<__half> {
 
 template <>
 struct Tr<__nv_bfloat16> {
+  // act(a, b) rounded to a packed pair, for the generalised block's runtime activation `act` (warp-uniform): the
+  // conv output is rounded first (eager PyTorch rounds every op's output), then the activation in float, rounded.
+  // ReLU6 / ReLU / none stay in packed form (NaN-propagating min / max, as relu6_f2).
+  static __device__ __forceinline__ uint32_t act_f2(int act, float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    if (act == MNV2_ACT_RELU6) {
+      h = __hmin2_nan(__hmax2_nan(h, __float2bfloat162_rn(0.f)), __float2bfloat162_rn(6.f));
+    } else if (act == MNV2_ACT_RELU) {
+      h = __hmax2_nan(h, __float2bfloat162_rn(0.f));
+    } else if (act != MNV2_ACT_NONE) {
+      const float2 f = __bfloat1622float2(h);
+      h = __floats2bfloat162_rn(act_smooth(act, f.x), act_smooth(act, f.y));
+    }
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float round_f(float v) { return to_f(from_f(v)); }
+  static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
   static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ float2 to_f2(uint32_t v) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
@@ -309,14 +413,23 @@ struct Params {
   FastDiv div_ntp;    // project warp tile -> (m tile, n tile)
   FastDiv div_w;      // pixel -> (row, column) of the ring
   FastDiv div_nte;    // expand warp tile -> (m tile, n tile)
+  // generalised block only (GEN = true; the MobileNetV2 kernel never reads these)
+  const void* xres;   // [N, H, W, Cin8]: the residual's source (x, or the block input before a leading depthwise)
+  int pad_t, pad_l;   // padding rows / columns before the image
+  int act_e, act_d, act_p;  // mnv2_act codes
+  int se_mode;        // 0: no squeeze-excite; 1: pass 1 (pool, no project); 2: pass 2 (gate, project)
+  float* pool;        // [N, Chid8] float32 sums of the depthwise output (pass 1)
+  const float* gate;  // [N, Chid8] float32 gate (pass 2)
 };
 
-// Ring pixel of pixel `pix` (row-major over W columns) of the rows starting at ring row `ring_row0`.
+// Ring pixel of pixel `pix` (row-major over W columns) of the rows starting at ring row `ring_row0` (Z zero pixels
+// before each row).
+template <int Z = 1>
 __device__ __forceinline__ int ring_pos(const Params& p, int ring_row0, int pix) {
   const int r = int(fdiv(uint32_t(pix), p.div_w));
   int slot = ring_row0 + r;
   if (slot >= p.RR) slot -= p.RR;
-  return slot * (p.W + 1) + 1 + (pix - r * p.W);
+  return slot * (p.W + Z) + Z + (pix - r * p.W);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -353,9 +466,10 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
 
 // Expand (or copy) the rows of sX, chunk channels [c0, c0 + HC), into the ring rows starting at ring_row0 (wrapping
 // at RR). Also stages the chunk's depthwise weights and bias as float.
-template <typename T>
+template <typename T, int K = 3, bool GEN = false>
 __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sRing, float* sWdw, float* sBdw,
                                              int npix, int ring_row0, int c0, bool stage_dw) {
+  constexpr int Z = ring_gap(K), KK = K * K;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
   if (stage_dw) {
@@ -365,9 +479,9 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int c = threadIdx.x; c < p.HC; c += kThreads) {  // sWdw[tap][c] from w_dw[c][tap], sBdw[c] from b_dw[c]
       const int ch = c0 + c;
       const bool ok = ch < p.Chid8;
-      const T* src = wdw + int64_t(ok ? ch : 0) * 9;
+      const T* src = wdw + int64_t(ok ? ch : 0) * KK;
 #pragma unroll
-      for (int tap = 0; tap < 9; ++tap) sWdw[tap * p.HC + c] = ok ? Tr<T>::to_f(src[tap]) : 0.f;
+      for (int tap = 0; tap < KK; ++tap) sWdw[tap * p.HC + c] = ok ? Tr<T>::to_f(src[tap]) : 0.f;
       sBdw[c] = ok ? Tr<T>::to_f(bdw[ch]) : 0.f;
     }
   }
@@ -378,7 +492,7 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int v = threadIdx.x; v < total; v += kThreads) {
       const int pix = int(fdiv(uint32_t(v), p.div_hcv));
       const int c = (v - pix * vpp) << 3;
-      sts16(sRing + ring_pos(p, ring_row0, pix) * p.LH + c,
+      sts16(sRing + ring_pos<Z>(p, ring_row0, pix) * p.LH + c,
             c0 + c < p.Cin8 ? lds16(sX + pix * p.LX + c0 + c) : make_uint4(0, 0, 0, 0));
     }
     return;
@@ -438,7 +552,8 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
       }
       k += 32;
     } while (k < p.CinP);
-    // epilogue: ReLU6, round, hidden channels >= chid_real forced to exactly 0 (a mask, so NaN cannot leak)
+    // epilogue: ReLU6 (GEN: act_e), round, hidden channels >= chid_real forced to exactly 0 (a mask, so NaN cannot
+    // leak)
     uint32_t keep[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j)
@@ -450,21 +565,41 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
       for (int h = 0; h < 2; ++h) {
         const int d = i * 16 + 8 * h;
         uint4 o;
-        o.x = Tr<T>::relu6_f2(acc[i][0][2 * h], acc[i][0][2 * h + 1]) & keep[0];
-        o.y = Tr<T>::relu6_f2(acc[i][1][2 * h], acc[i][1][2 * h + 1]) & keep[1];
-        o.z = Tr<T>::relu6_f2(acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
-        o.w = Tr<T>::relu6_f2(acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
-        if (px0 + g + d < npix) sts16(dst + ring_pos(p, ring_row0, px0 + g + d) * p.LH, o);
+        if constexpr (GEN) {
+          o.x = Tr<T>::act_f2(p.act_e, acc[i][0][2 * h], acc[i][0][2 * h + 1]) & keep[0];
+          o.y = Tr<T>::act_f2(p.act_e, acc[i][1][2 * h], acc[i][1][2 * h + 1]) & keep[1];
+          o.z = Tr<T>::act_f2(p.act_e, acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
+          o.w = Tr<T>::act_f2(p.act_e, acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
+        } else {
+          o.x = Tr<T>::relu6_f2(acc[i][0][2 * h], acc[i][0][2 * h + 1]) & keep[0];
+          o.y = Tr<T>::relu6_f2(acc[i][1][2 * h], acc[i][1][2 * h + 1]) & keep[1];
+          o.z = Tr<T>::relu6_f2(acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
+          o.w = Tr<T>::relu6_f2(acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
+        }
+        if (px0 + g + d < npix) sts16(dst + ring_pos<Z>(p, ring_row0, px0 + g + d) * p.LH, o);
       }
   }
 }
 
-// Depthwise 3x3 for output rows oy0 .. oy0 + nrows of the chunk -> sDW[:, c0 .. c0 + HC). `slot0` is the ring row of
-// input row oy0 * S - 1 (may be -1 when that row is -1).
-template <typename T, int S>
+// Depthwise K x K (3x3 for MobileNetV2) for output rows oy0 .. oy0 + nrows of the chunk -> sDW[:, c0 .. c0 + HC).
+// `slot0` is the ring row of input row oy0 * S - pad_t (negative only when that row lies above the image).
+// GEN: act_d, and the squeeze-excite modes (se_mode 1: the outputs of image n are added into p.pool, nothing is
+// stored; se_mode 2: the outputs are multiplied by the gate of image n, rounded, stored).
+template <typename T, int S, int K = 3, bool GEN = false>
 __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing, const float* sWdw,
-                                                const float* sBdw, T* sDW, int oy0, int nrows, int slot0, int c0) {
-  constexpr int NCOL = (kPX - 1) * S + 3;
+                                                const float* sBdw, T* sDW, int64_t n, int oy0, int nrows, int slot0,
+                                                int c0) {
+  constexpr int Z = ring_gap(K);
+  // MobileNetV2 (3x3): each ring row's NCOL input vectors are loaded once and every tap column's weights held in
+  // registers (K x 8 floats). The generalised kernel (more live state: activations, squeeze-excite, pads) would spill
+  // that way even at 3x3 (128 registers): one tap column at a time there, input vectors reloaded from shared memory.
+  constexpr bool kStream = !GEN && K <= 3;
+  constexpr int NCOL = (kPX - 1) * S + K;
+  int pt = 1, pl = 1;
+  if constexpr (GEN) {
+    pt = p.pad_t;
+    pl = p.pad_l;
+  }
   const int ncg = p.HC >> 3;
   const int ns = (p.Wo + kPX - 1) / kPX;  // strips per row (once per call)
   const int total = nrows * ns * ncg;
@@ -475,7 +610,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
     const int j = sidx - i * ns;
     const int oy = oy0 + i;
     const int ox0 = j * kPX;
-    const int ix0 = ox0 * S - 1;
+    const int ix0 = ox0 * S - pl;
     const int c = cg << 3;
     float acc[kPX][8];  // start at the bias
     {
@@ -487,67 +622,146 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
         acc[px][4] = b1.x; acc[px][5] = b1.y; acc[px][6] = b1.z; acc[px][7] = b1.w;
       }
     }
+    if constexpr (kStream) {
 #pragma unroll
-    for (int ky = 0; ky < 3; ++ky) {
-      const int iy = oy * S - 1 + ky;
-      if (iy < 0 || iy >= p.H) continue;  // a zero-padding row: contributes nothing (mostly warp-uniform)
-      int slot = slot0 + i * S + ky;
-      if (slot >= p.RR) slot -= p.RR;
-      const T* rowp = sRing + (slot * (p.W + 1) + 1) * p.LH + c;  // column 0 of the row
-      float w[3][8];
+      for (int ky = 0; ky < K; ++ky) {
+        const int iy = oy * S - pt + ky;
+        if (iy < 0 || iy >= p.H) continue;  // a zero-padding row: contributes nothing (mostly warp-uniform)
+        int slot = slot0 + i * S + ky;
+        if (slot >= p.RR) slot -= p.RR;
+        const T* rowp = sRing + (slot * (p.W + Z) + Z) * p.LH + c;  // column 0 of the row
+        float w[K][8];
 #pragma unroll
-      for (int kx = 0; kx < 3; ++kx) {
-        const float4 w0 = *reinterpret_cast<const float4*>(sWdw + (ky * 3 + kx) * p.HC + c);
-        const float4 w1 = *reinterpret_cast<const float4*>(sWdw + (ky * 3 + kx) * p.HC + c + 4);
-        w[kx][0] = w0.x; w[kx][1] = w0.y; w[kx][2] = w0.z; w[kx][3] = w0.w;
-        w[kx][4] = w1.x; w[kx][5] = w1.y; w[kx][6] = w1.z; w[kx][7] = w1.w;
-      }
-#pragma unroll
-      for (int t = 0; t < NCOL; ++t) {
-        const int ix = ix0 + t;
-        const uint4 v = lds16(rowp + ix * p.LH);  // columns -1 and W are the ring's zero pixels
-        float f[8];
-        {
-          const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float2 ff = Tr<T>::to_f2(vw[e]);
-            f[2 * e] = ff.x;
-            f[2 * e + 1] = ff.y;
-          }
+        for (int kx = 0; kx < K; ++kx) {
+          const float4 w0 = *reinterpret_cast<const float4*>(sWdw + (ky * K + kx) * p.HC + c);
+          const float4 w1 = *reinterpret_cast<const float4*>(sWdw + (ky * K + kx) * p.HC + c + 4);
+          w[kx][0] = w0.x; w[kx][1] = w0.y; w[kx][2] = w0.z; w[kx][3] = w0.w;
+          w[kx][4] = w1.x; w[kx][5] = w1.y; w[kx][6] = w1.z; w[kx][7] = w1.w;
         }
 #pragma unroll
-        for (int px = 0; px < kPX; ++px) {
-          const int kx = t - px * S;
-          if (kx >= 0 && kx < 3) {
+        for (int t = 0; t < NCOL; ++t) {
+          const int ix = ix0 + t;
+          const uint4 v = lds16(rowp + ix * p.LH);  // columns -Z .. -1 and W .. W+Z-1 are the ring's zero pixels
+          float f[8];
+          {
+            const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc[px][e] = fmaf(w[kx][e], f[e], acc[px][e]);
+            for (int e = 0; e < 4; ++e) {
+              const float2 ff = Tr<T>::to_f2(vw[e]);
+              f[2 * e] = ff.x;
+              f[2 * e + 1] = ff.y;
+            }
+          }
+#pragma unroll
+          for (int px = 0; px < kPX; ++px) {
+            const int kx = t - px * S;
+            if (kx >= 0 && kx < K) {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) acc[px][e] = fmaf(w[kx][e], f[e], acc[px][e]);
+            }
+          }
+        }
+      }
+    } else {
+#pragma unroll 1
+      for (int ky = 0; ky < K; ++ky) {
+        const int iy = oy * S - pt + ky;
+        if (iy < 0 || iy >= p.H) continue;
+        int slot = slot0 + i * S + ky;
+        if (slot >= p.RR) slot -= p.RR;
+        const T* rowp = sRing + (slot * (p.W + Z) + Z) * p.LH + c;
+        const float* wrow = sWdw + ky * K * p.HC + c;
+#pragma unroll 1
+        for (int kx = 0; kx < K; ++kx) {
+          const float4 w0 = *reinterpret_cast<const float4*>(wrow + kx * p.HC);
+          const float4 w1 = *reinterpret_cast<const float4*>(wrow + kx * p.HC + 4);
+          const float w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+          const T* colp = rowp + (ix0 + kx) * p.LH;  // input column of output pixel 0, advanced by S columns
+#pragma unroll
+          for (int px = 0; px < kPX; ++px) {
+            const uint4 v = lds16(colp);
+            colp += S * p.LH;
+            const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 ff = Tr<T>::to_f2(vw[e]);
+              acc[px][2 * e] = fmaf(w[2 * e], ff.x, acc[px][2 * e]);
+              acc[px][2 * e + 1] = fmaf(w[2 * e + 1], ff.y, acc[px][2 * e + 1]);
+            }
           }
         }
       }
     }
+    if constexpr (GEN) {
+      const bool real = c0 + c < p.Chid8;  // chunk mode: the last chunk may run past Chid8
+      uint32_t o[kPX][4];  // act_d of the rounded outputs, rounded (one inlined activation per value)
 #pragma unroll
-    for (int px = 0; px < kPX; ++px) {
-      const int ox = ox0 + px;
-      if (ox < p.Wo) {
-        uint32_t o[4];
+      for (int px = 0; px < kPX; ++px)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          o[e] = Tr<T>::relu6_f2(acc[px][2 * e], acc[px][2 * e + 1]);
-        sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[0], o[1], o[2], o[3]));
+        for (int e = 0; e < 4; ++e) o[px][e] = Tr<T>::act_f2(p.act_d, acc[px][2 * e], acc[px][2 * e + 1]);
+      if (p.se_mode == 1) {  // pass 1: per-(image, channel) sums of the activated, rounded outputs
+        float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int px = 0; px < kPX; ++px) {
+          if (ox0 + px < p.Wo) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = Tr<T>::to_f2(o[px][e]);
+              sum[2 * e] += f.x;
+              sum[2 * e + 1] += f.y;
+            }
+          }
+        }
+        if (real) {
+          float* dst = p.pool + n * p.Chid8 + c0 + c;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) atomicAdd(dst + e, sum[e]);
+        }
+        continue;
+      }
+      if (p.se_mode == 2) {  // h * gate, rounded (eager multiplies the rounded tensors)
+        const float* src = p.gate + n * p.Chid8 + c0 + c;
+        const float4 g0 = real ? __ldg(reinterpret_cast<const float4*>(src)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 g1 = real ? __ldg(reinterpret_cast<const float4*>(src + 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float gt[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+        for (int px = 0; px < kPX; ++px)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = Tr<T>::to_f2(o[px][e]);
+            o[px][e] = Tr<T>::from_f2(f.x * gt[2 * e], f.y * gt[2 * e + 1]);
+          }
+      }
+#pragma unroll
+      for (int px = 0; px < kPX; ++px) {
+        const int ox = ox0 + px;
+        if (ox < p.Wo) sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[px][0], o[px][1], o[px][2], o[px][3]));
+      }
+    } else {
+#pragma unroll
+      for (int px = 0; px < kPX; ++px) {
+        const int ox = ox0 + px;
+        if (ox < p.Wo) {
+          uint32_t o[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            o[e] = Tr<T>::relu6_f2(acc[px][2 * e], acc[px][2 * e + 1]);
+          sts16(sDW + (i * p.Wo + ox) * p.LD2 + c0 + c, make_uint4(o[0], o[1], o[2], o[3]));
+        }
       }
     }
   }
 }
 
 // Project GEMM of output pixels [0, npix) of the step (global output pixel opix0 + pixel of image n) -> y.
-template <typename T>
+// GEN: act_p on the rounded conv output (then rounded) before the residual, which is read from xres.
+template <typename T, bool GEN = false>
 __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n, int opix0, int npix) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
   const T* wp = static_cast<const T*>(p.wp);
   const T* bp = static_cast<const T*>(p.bp);
-  const T* x = static_cast<const T*>(p.x);
+  const T* x = static_cast<const T*>(GEN ? p.xres : p.x);
   T* y = static_cast<T*>(p.y);
   const int mtiles = (npix + 31) >> 5;
   const int ntiles = (p.Cout8 + 31) >> 5;
@@ -613,6 +827,16 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
             v[2 * j] = acc[i][j][2 * h];
             v[2 * j + 1] = acc[i][j][2 * h + 1];
           }
+          if constexpr (GEN) {
+            if (p.act_p != MNV2_ACT_NONE) {
+#pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                const float2 f = Tr<T>::to_f2(Tr<T>::act_f2(p.act_p, v[2 * j], v[2 * j + 1]));
+                v[2 * j] = f.x;
+                v[2 * j + 1] = f.y;
+              }
+            }
+          }
           if (p.residual) {  // stride 1, Cin8 == Cout8, H == Ho, W == Wo: the same pixel of x
             const uint4 rv = ldg16(x + gp * p.Cin8 + co);
             const uint32_t rw[4] = {rv.x, rv.y, rv.z, rv.w};
@@ -646,8 +870,10 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
 #define MNV2_MIN_CTAS(S) 2
 #endif
 
-template <typename T, int S>
-__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kernel(const Params p) {
+// Body of mnv2_ir_ring_kernel(const Params) (MobileNetV2: GEN = false, K = 3) and of mnv2_ir_ex_kernel (GEN).
+template <typename T, int S, int K, bool GEN>
+__device__ __forceinline__ void ring_body(const Params& p) {
+  constexpr int Z = ring_gap(K);
   extern __shared__ __align__(128) unsigned char smem[];
   T* const sX = reinterpret_cast<T*>(smem);                         // [MXP][LX]      input rows of a step
   T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [ring_pixels][LH] expanded rows (ring)
@@ -655,11 +881,13 @@ __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kerne
   float* const sWdw = reinterpret_cast<float*>(smem + p.off_wdw);   // [9][HC]        depthwise taps
   float* const sBdw = reinterpret_cast<float*>(smem + p.off_bdw);   // [HC]           depthwise bias
 
-  // the ring's zero pixels (column -1 of every row, column W of the last), once: the expand never writes them
-  for (int v = threadIdx.x; v < (p.RR + 1) * (p.LH >> 3); v += kThreads) {
-    const int r = v / (p.LH >> 3);  // once per CTA
-    sts16(sRing + (r * (p.W + 1)) * p.LH + ((v - r * (p.LH >> 3)) << 3), make_uint4(0, 0, 0, 0));
+  // the ring's zero pixels (Z before every row and after the last), once: the expand never writes them
+  for (int v = threadIdx.x; v < (p.RR + 1) * Z * (p.LH >> 3); v += kThreads) {
+    const int zp = v / (p.LH >> 3);  // once per CTA
+    const int r = Z == 1 ? zp : zp / Z;
+    sts16(sRing + (r * (p.W + Z) + (zp - r * Z)) * p.LH + ((v - zp * (p.LH >> 3)) << 3), make_uint4(0, 0, 0, 0));
   }
+#define MNV2_PT (GEN ? p.pad_t : 1)  // read from the parameters at each use (no register held across the loops)
   bool dw_staged = false;  // ring mode: the depthwise weights stay in shared memory for the whole CTA
   for (int64_t item = blockIdx.x; item < p.items; item += gridDim.x) {
     // item -> (image n, band b); band b covers steps [b*steps/bands, (b+1)*steps/bands)
@@ -668,45 +896,132 @@ __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kerne
     const int k0 = int(int64_t(b) * p.steps / p.bands);
     const int k1 = int(int64_t(b + 1) * p.steps / p.bands);
     int oy0 = k0 * p.R;
-    int e0 = oy0 * S - 1;
+    int e0 = oy0 * S - MNV2_PT;
     if (e0 < 0) e0 = 0;
     int origin = e0;  // image row held in ring row 0 (advanced by RR as the band moves down)
     int e1 = 0;
     {
       const int r1 = min(p.Ho, oy0 + p.R);
-      e1 = min(p.H, (r1 - 1) * S + 2);
+      e1 = min(p.H, (r1 - 1) * S - MNV2_PT + K);
       __syncthreads();  // the previous item's expand phase no longer reads sX
       load_rows<T>(p, sX, n, e0, e1);
     }
     for (int k = k0; k < k1; ++k) {
       const int nrows = min(p.R, p.Ho - oy0);
-      const int fr = oy0 * S - 1;  // first input row the step reads
-      if (fr - origin >= p.RR) origin += p.RR;
+      const int fr = oy0 * S - MNV2_PT;  // first input row the step reads
+      // first ring row in use: fr, or e0 when the step expands a row above fr (K < S: the row between two steps'
+      // rows, expanded because a band's rows are contiguous, never read)
+      const int lo = (K < S && e0 < fr) ? e0 : fr;
+      if (lo - origin >= p.RR) origin += p.RR;
       const int npix_in = (e1 - e0) * p.W;
       int ring_row0 = e0 - origin;  // ring row of e0
       if (ring_row0 >= p.RR) ring_row0 -= p.RR;
-      const int slot0 = fr - origin;  // ring row of fr (-1 only when fr == -1)
+      const int slot0 = fr - origin;  // ring row of fr (negative only when fr < 0; up to RR when K < S)
       cp_async_wait_all();
       __syncthreads();  // sX ready; the previous step's project no longer reads sDW
       for (int ch = 0; ch < p.nchunks; ++ch) {
         const int c0 = ch * p.HC;
         const bool stage = p.nchunks > 1 || !dw_staged;
-        expand_chunk<T>(p, sX, sRing, sWdw, sBdw, npix_in, ring_row0, c0, stage);
+        expand_chunk<T, K, GEN>(p, sX, sRing, sWdw, sBdw, npix_in, ring_row0, c0, stage);
         dw_staged = true;
         __syncthreads();  // ring rows and depthwise weights ready; sX free after the last chunk
         if (ch == p.nchunks - 1 && k + 1 < k1) {  // prefetch the next step's new rows
           const int r1 = min(p.Ho, oy0 + 2 * p.R);
-          const int ne1 = min(p.H, (r1 - 1) * S + 2);
+          const int ne1 = min(p.H, (r1 - 1) * S - MNV2_PT + K);
           load_rows<T>(p, sX, n, e1, ne1);
           e0 = e1;
           e1 = ne1;
         }
-        depthwise_chunk<T, S>(p, sRing, sWdw, sBdw, sDW, oy0, nrows, slot0, c0);
+        depthwise_chunk<T, S, K, GEN>(p, sRing, sWdw, sBdw, sDW, n, oy0, nrows, slot0, c0);
         __syncthreads();  // sDW chunk ready; the ring and the depthwise weights are free again
       }
-      project<T>(p, sDW, n, oy0 * p.Wo, nrows * p.Wo);
+      bool proj = true;
+      if constexpr (GEN) proj = p.se_mode != 1;  // squeeze-excite pass 1 only pools
+      if (proj) project<T, GEN>(p, sDW, n, oy0 * p.Wo, nrows * p.Wo);
       oy0 += p.R;
     }
+  }
+#undef MNV2_PT
+}
+
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kernel(const Params p) {
+  ring_body<T, S, 3, false>(p);
+}
+
+// The generalised block: K x K depthwise, runtime pads / activations / squeeze-excite mode.
+template <typename T, int S, int K>
+__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ex_kernel(const Params p) {
+  ring_body<T, S, K, true>(p);
+}
+
+// Squeeze-excite between the passes, one CTA per image: s = pool / (Ho * Wo) (rounded, as eager's mean),
+// r = se_act(w_se_reduce s + b) (rounded), gate = se_gate(w_se_expand r + b) (rounded) -> gate [N, Chid8].
+// Weights [Crd, Chid8], [Crd], [Chid8, Crd], [Chid8]; shared: Chid8 + Crd floats.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) se_excite_kernel(const float* pool, const T* wr, const T* br,
+                                                             const T* we, const T* be, float* gate, int Chid8,
+                                                             int Crd, float inv_hw, int se_act, int se_gate) {
+  extern __shared__ float sse[];
+  float* sS = sse;           // [Chid8]
+  float* sR = sse + Chid8;   // [Crd]
+  const int64_t n = blockIdx.x;
+  for (int c = threadIdx.x; c < Chid8; c += kThreads) sS[c] = Tr<T>::round_f(pool[n * Chid8 + c] * inv_hw);
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = warp; r < Crd; r += kWarps) {
+    float acc = 0.f;
+    for (int c = lane; c < Chid8; c += 32) acc = fmaf(Tr<T>::to_f(wr[int64_t(r) * Chid8 + c]), sS[c], acc);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) sR[r] = Tr<T>::round_f(act_f(se_act, Tr<T>::round_f(acc + Tr<T>::to_f(br[r]))));
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < Chid8; c += kThreads) {
+    float acc = Tr<T>::to_f(be[c]);
+    for (int r = 0; r < Crd; ++r) acc = fmaf(Tr<T>::to_f(we[int64_t(c) * Crd + r]), sR[r], acc);
+    gate[n * Chid8 + c] = Tr<T>::round_f(act_f(se_gate, Tr<T>::round_f(acc)));
+  }
+}
+
+// Leading depthwise (no activation): x [N, H, W, C8] -> y [N, Ho, Wo, C8], one thread per (pixel, 8 channels).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) leading_dw_kernel(const T* x, const T* w, const T* b, T* y,
+                                                              int64_t total, int C8, int H, int W, int Ho, int Wo,
+                                                              int K, int S, int pad_t, int pad_l) {
+  const int cv = C8 >> 3;
+  for (int64_t v = int64_t(blockIdx.x) * kThreads + threadIdx.x; v < total; v += int64_t(gridDim.x) * kThreads) {
+    const int c = int(v % cv) << 3;
+    const int64_t pix = v / cv;  // n * Ho * Wo + oy * Wo + ox
+    const int ox = int(pix % Wo);
+    const int64_t t = pix / Wo;
+    const int oy = int(t % Ho);
+    const int64_t n = t / Ho;
+    float acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = Tr<T>::to_f(b[c + e]);
+    for (int ky = 0; ky < K; ++ky) {
+      const int iy = oy * S - pad_t + ky;
+      if (iy < 0 || iy >= H) continue;
+      for (int kx = 0; kx < K; ++kx) {
+        const int ix = ox * S - pad_l + kx;
+        if (ix < 0 || ix >= W) continue;
+        const uint4 xv = ldg16(x + ((n * H + iy) * W + ix) * C8 + c);
+        const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = Tr<T>::to_f2(xw[e]);
+          acc[2 * e] = fmaf(Tr<T>::to_f(w[(c + 2 * e) * K * K + ky * K + kx]), f.x, acc[2 * e]);
+          acc[2 * e + 1] = fmaf(Tr<T>::to_f(w[(c + 2 * e + 1) * K * K + ky * K + kx]), f.y, acc[2 * e + 1]);
+        }
+      }
+    }
+    uint4 o;
+    o.x = Tr<T>::from_f2(acc[0], acc[1]);
+    o.y = Tr<T>::from_f2(acc[2], acc[3]);
+    o.z = Tr<T>::from_f2(acc[4], acc[5]);
+    o.w = Tr<T>::from_f2(acc[6], acc[7]);
+    *reinterpret_cast<uint4*>(y + pix * C8 + c) = o;
   }
 }
 
@@ -715,14 +1030,14 @@ __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kerne
 
 constexpr int kMaxDevices = 64;
 
-template <typename T, int S>
-cudaError_t ensure_smem_limit(int device, size_t bytes) {
+// The dynamic shared memory opt-in of one kernel instantiation (`Tag` makes the cache per instantiation).
+template <typename Tag>
+cudaError_t ensure_smem_limit(const void* func, int device, size_t bytes) {
   static std::atomic<size_t> configured[kMaxDevices];
   if (bytes <= 48 * 1024) return cudaSuccess;
   if (device >= 0 && device < kMaxDevices && configured[device].load(std::memory_order_relaxed) >= bytes)
     return cudaSuccess;
-  cudaError_t err =
-      cudaFuncSetAttribute(mnv2_ir_ring_kernel<T, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  cudaError_t err = cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kMaxDevices) {
     size_t cur = configured[device].load(std::memory_order_relaxed);
@@ -732,23 +1047,61 @@ cudaError_t ensure_smem_limit(int device, size_t bytes) {
   return cudaSuccess;
 }
 
-template <typename T, int S>
+template <typename T, int S, int K, bool GEN>
+struct KernelTag {};
+
+template <typename T, int S, int K, bool GEN>
 cudaError_t launch_typed(const Params& p, unsigned grid, size_t smem, int device, cudaStream_t stream) {
-  cudaError_t err = ensure_smem_limit<T, S>(device, smem);
+  const void* func;
+  if constexpr (GEN)
+    func = reinterpret_cast<const void*>(&mnv2_ir_ex_kernel<T, S, K>);
+  else
+    func = reinterpret_cast<const void*>(&mnv2_ir_ring_kernel<T, S>);
+  cudaError_t err = ensure_smem_limit<KernelTag<T, S, K, GEN>>(func, device, smem);
   if (err != cudaSuccess) return err;
-  mnv2_ir_ring_kernel<T, S><<<grid, kThreads, smem, stream>>>(p);
+  if constexpr (GEN)
+    mnv2_ir_ex_kernel<T, S, K><<<grid, kThreads, smem, stream>>>(p);
+  else
+    mnv2_ir_ring_kernel<T, S><<<grid, kThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int S>
+cudaError_t launch_ex_k(int K, const Params& p, unsigned grid, size_t smem, int device, cudaStream_t stream) {
+  switch (K) {
+    case 1: return launch_typed<T, S, 1, true>(p, grid, smem, device, stream);
+    case 3: return launch_typed<T, S, 3, true>(p, grid, smem, device, stream);
+    case 5: return launch_typed<T, S, 5, true>(p, grid, smem, device, stream);
+    case 7: return launch_typed<T, S, 7, true>(p, grid, smem, device, stream);
+    case 9: return launch_typed<T, S, 9, true>(p, grid, smem, device, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t launch_se_excite(const Params& p, const mnv2_ir_ex_options& o, int64_t N, cudaStream_t stream) {
+  const size_t smem = size_t(p.Chid8 + o.se_reduced) * sizeof(float);
+  if (smem > 48 * 1024) {
+    cudaError_t err = ensure_smem_limit<KernelTag<T, 0, 0, false>>(
+        reinterpret_cast<const void*>(&se_excite_kernel<T>), 0, smem);
+    if (err != cudaSuccess) return err;
+  }
+  se_excite_kernel<T><<<unsigned(N), kThreads, smem, stream>>>(
+      o.se_pool, static_cast<const T*>(o.w_se_reduce), static_cast<const T*>(o.b_se_reduce),
+      static_cast<const T*>(o.w_se_expand), static_cast<const T*>(o.b_se_expand), o.se_gate_buf, p.Chid8,
+      int(o.se_reduced), 1.f / float(int64_t(p.Ho) * p.Wo), o.se_act, o.se_gate);
   return cudaGetLastError();
 }
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-}  // namespace
+bool valid_act(int a) { return a >= MNV2_ACT_RELU6 && a <= MNV2_ACT_NONE; }
 
-extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, const void* w_expand,
-                                           const void* b_expand, const void* w_dw, const void* b_dw,
-                                           const void* w_project, const void* b_project, void* y, int64_t N,
-                                           int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real,
-                                           int64_t Cout8, int stride, int residual, cudaStream_t stream) {
+// mnv2_ir_cuda_launch (opt == nullptr) and mnv2_ir_cuda_launch_ex.
+cudaError_t launch_block(mnv2_dtype dtype, const void* x, const void* w_expand, const void* b_expand, const void* w_dw,
+                         const void* b_dw, const void* w_project, const void* b_project, void* y, int64_t N,
+                         int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real, int64_t Cout8,
+                         int stride, int residual, const mnv2_ir_ex_options* opt, cudaStream_t stream) {
   if (dtype != MNV2_DTYPE_FLOAT16 && dtype != MNV2_DTYPE_BFLOAT16) return cudaErrorInvalidValue;
   // in-kernel pixel indices within one image are int: H * W (and Ho * Wo) < 2^31
   if (N < 0 || H < 1 || W < 1 || H * W > int64_t(INT32_MAX)) return cudaErrorInvalidValue;
@@ -759,6 +1112,19 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   if (has_expand && b_expand == nullptr) return cudaErrorInvalidValue;
   if (!has_expand && Chid8 != Cin8) return cudaErrorInvalidValue;
   if (residual && (stride != 1 || Cin8 != Cout8)) return cudaErrorInvalidValue;
+  const int K = opt ? opt->kernel : 3;
+  const bool se = opt && opt->w_se_reduce != nullptr;
+  if (opt) {
+    if (K < 1 || K > kMaxK || K % 2 == 0 || opt->pad_t < 0 || opt->pad_t > K / 2 || opt->pad_l < 0 ||
+        opt->pad_l > K / 2 || !valid_act(opt->act_expand) || !valid_act(opt->act_dw) || !valid_act(opt->act_project))
+      return cudaErrorInvalidValue;
+    if (se && (!opt->b_se_reduce || !opt->w_se_expand || !opt->b_se_expand || !opt->se_pool || !opt->se_gate_buf ||
+               opt->se_reduced < 1 || !valid_act(opt->se_act) ||
+               (opt->se_gate != MNV2_GATE_SIGMOID && opt->se_gate != MNV2_GATE_HARDSIGMOID) ||
+               !aligned16(opt->se_gate_buf) || N > INT32_MAX || (Chid8 + opt->se_reduced) * 4 > 200 * 1024))
+      return cudaErrorInvalidValue;
+    if (opt->x_residual && !aligned16(opt->x_residual)) return cudaErrorInvalidValue;
+  }
   if (N == 0) return cudaSuccess;
   const void* ptrs[] = {x, w_dw, b_dw, w_project, b_project, y};
   for (const void* ptr : ptrs)
@@ -773,10 +1139,11 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   mnv2_ir_plan plan;
-  mnv2_ir_cuda_plan(N, Cin8, Chid8, Cout8, H, W, stride, has_expand ? 1 : 0, max_optin, sms, &plan);
+  const int pad_t = opt ? opt->pad_t : 1;
+  mnv2_ir_cuda_plan_ex(N, Cin8, Chid8, Cout8, H, W, stride, K, pad_t, has_expand ? 1 : 0, max_optin, sms, &plan);
   if (!plan.ok) return cudaErrorInvalidValue;
   const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
-  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, plan.rows, plan.chunk);
+  const Layout L = make_layout(Cin8, Chid8, H, W, Wo, stride, plan.rows, plan.chunk, K);
 
   Params p;
   p.x = x;
@@ -823,13 +1190,88 @@ extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, cons
   p.div_ntp = make_fastdiv(uint32_t((Cout8 + 31) / 32));
   p.div_w = make_fastdiv(uint32_t(W));
   p.div_nte = make_fastdiv(uint32_t(plan.chunk / 32));
+  p.xres = opt && opt->x_residual ? opt->x_residual : x;
+  p.pad_t = pad_t;
+  p.pad_l = opt ? opt->pad_l : 1;
+  p.act_e = opt ? opt->act_expand : MNV2_ACT_RELU6;
+  p.act_d = opt ? opt->act_dw : MNV2_ACT_RELU6;
+  p.act_p = opt ? opt->act_project : MNV2_ACT_NONE;
+  p.se_mode = 0;
+  p.pool = se ? opt->se_pool : nullptr;
+  p.gate = se ? opt->se_gate_buf : nullptr;
   if (plan.grid < 1 || plan.grid > INT32_MAX) return cudaErrorInvalidValue;
 
   const unsigned grid = unsigned(plan.grid);
   const size_t smem = size_t(plan.smem);
+  const bool half = dtype == MNV2_DTYPE_FLOAT16;
+  if (!opt)
+    return half ? (stride == 1 ? launch_typed<__half, 1, 3, false>(p, grid, smem, device, stream)
+                               : launch_typed<__half, 2, 3, false>(p, grid, smem, device, stream))
+                : (stride == 1 ? launch_typed<__nv_bfloat16, 1, 3, false>(p, grid, smem, device, stream)
+                               : launch_typed<__nv_bfloat16, 2, 3, false>(p, grid, smem, device, stream));
+  auto run = [&](const Params& q) {
+    return half ? (stride == 1 ? launch_ex_k<__half, 1>(K, q, grid, smem, device, stream)
+                               : launch_ex_k<__half, 2>(K, q, grid, smem, device, stream))
+                : (stride == 1 ? launch_ex_k<__nv_bfloat16, 1>(K, q, grid, smem, device, stream)
+                               : launch_ex_k<__nv_bfloat16, 2>(K, q, grid, smem, device, stream));
+  };
+  if (!se) return run(p);
+  // squeeze-excite: pass 1 (pool), the excite MLP, pass 2 (gate, project)
+  p.se_mode = 1;
+  err = run(p);
+  if (err != cudaSuccess) return err;
+  err = half ? launch_se_excite<__half>(p, *opt, N, stream) : launch_se_excite<__nv_bfloat16>(p, *opt, N, stream);
+  if (err != cudaSuccess) return err;
+  p.se_mode = 2;
+  return run(p);
+}
+
+}  // namespace
+
+extern "C" cudaError_t mnv2_ir_cuda_launch(mnv2_dtype dtype, const void* x, const void* w_expand,
+                                           const void* b_expand, const void* w_dw, const void* b_dw,
+                                           const void* w_project, const void* b_project, void* y, int64_t N,
+                                           int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real,
+                                           int64_t Cout8, int stride, int residual, cudaStream_t stream) {
+  return launch_block(dtype, x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, y, N, Cin8, H, W, Chid8,
+                      chid_real, Cout8, stride, residual, nullptr, stream);
+}
+
+extern "C" cudaError_t mnv2_ir_cuda_launch_ex(mnv2_dtype dtype, const void* x, const void* w_expand,
+                                              const void* b_expand, const void* w_dw, const void* b_dw,
+                                              const void* w_project, const void* b_project, void* y, int64_t N,
+                                              int64_t Cin8, int64_t H, int64_t W, int64_t Chid8, int64_t chid_real,
+                                              int64_t Cout8, int stride, int residual,
+                                              const mnv2_ir_ex_options* opt, cudaStream_t stream) {
+  if (opt == nullptr) return cudaErrorInvalidValue;
+  return launch_block(dtype, x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, y, N, Cin8, H, W, Chid8,
+                      chid_real, Cout8, stride, residual, opt, stream);
+}
+
+extern "C" cudaError_t mnv2_ir_cuda_dw_launch(mnv2_dtype dtype, const void* x, const void* w, const void* b, void* y,
+                                              int64_t N, int64_t C8, int64_t H, int64_t W, int kernel, int stride,
+                                              int pad_t, int pad_l, cudaStream_t stream) {
+  if (dtype != MNV2_DTYPE_FLOAT16 && dtype != MNV2_DTYPE_BFLOAT16) return cudaErrorInvalidValue;
+  if (N < 0 || H < 1 || W < 1 || C8 < 8 || C8 % 8 || C8 > kMaxChannels || kernel < 1 || kernel > kMaxK ||
+      kernel % 2 == 0 || (stride != 1 && stride != 2) || pad_t < 0 || pad_l < 0 || pad_t > kernel / 2 ||
+      pad_l > kernel / 2 || H * W > int64_t(INT32_MAX))
+    return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+  const void* ptrs[] = {x, w, b, y};
+  for (const void* ptr : ptrs)
+    if (ptr == nullptr || !aligned16(ptr)) return cudaErrorInvalidValue;
+  const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+  const int64_t total = N * Ho * Wo * (C8 / 8);
+  int64_t blocks = (total + kThreads - 1) / kThreads;
+  if (blocks > 65535LL * 16) blocks = 65535LL * 16;  // grid-stride loop beyond
   if (dtype == MNV2_DTYPE_FLOAT16)
-    return stride == 1 ? launch_typed<__half, 1>(p, grid, smem, device, stream)
-                       : launch_typed<__half, 2>(p, grid, smem, device, stream);
-  return stride == 1 ? launch_typed<__nv_bfloat16, 1>(p, grid, smem, device, stream)
-                     : launch_typed<__nv_bfloat16, 2>(p, grid, smem, device, stream);
+    leading_dw_kernel<__half><<<unsigned(blocks), kThreads, 0, stream>>>(
+        static_cast<const __half*>(x), static_cast<const __half*>(w), static_cast<const __half*>(b),
+        static_cast<__half*>(y), total, int(C8), int(H), int(W), int(Ho), int(Wo), kernel, stride, pad_t, pad_l);
+  else
+    leading_dw_kernel<__nv_bfloat16><<<unsigned(blocks), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w),
+        static_cast<const __nv_bfloat16*>(b), static_cast<__nv_bfloat16*>(y), total, int(C8), int(H), int(W),
+        int(Ho), int(Wo), kernel, stride, pad_t, pad_l);
+  return cudaGetLastError();
 }
