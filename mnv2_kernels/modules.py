@@ -142,6 +142,99 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
+_MISSING = object()
+# The fast path's checks and direct op calls in C++ (csrc/cpu/fast_path.cpp), when the CPU extension has them.
+_FAST_EXT = getattr(backends._ext, "CPU_EXT", None)
+_FAST_VALID = getattr(_FAST_EXT, "fast_valid", None)
+if _FAST_VALID is not None:
+    _FAST_EXT.set_fast_missing(_MISSING)
+_len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
+_len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _modes_active() -> bool:
+    """A torch function / dispatch mode is active (or this torch cannot say): the fast path steps aside."""
+    if _len_fn_modes is None or _len_dispatch_modes is None:
+        return True
+    return bool(_len_fn_modes() or _len_dispatch_modes())
+
+
+def _fast_valid_py(nodes: tuple, attrs: tuple, dicts: tuple, tensors: tuple) -> bool:
+    """fast_valid of csrc/cpu/fast_path.cpp in Python (when the CPU extension is not built)."""
+    for md, mods, kids, mode_matters in nodes:
+        if ((mode_matters and md["training"]) or md["_forward_hooks"] or md["_forward_pre_hooks"] or "forward" in md
+                or md["_modules"] is not mods or len(mods) != len(kids)):
+            return False
+        for a, b in zip(mods.values(), kids):
+            if a is not b:
+                return False
+    for md, name, value in attrs:
+        cur = md.get(name, _MISSING)
+        if cur is not value and (value is _MISSING or cur is _MISSING or not cur == value):
+            return False
+    for dct, vals in dicts:
+        if len(dct) != len(vals):
+            return False
+        for a, b in zip(dct.values(), vals):
+            if a is not b:
+                return False
+    for t, ptr, ver in tensors:
+        if t.is_inference() or t._version != ver or t.data_ptr() != ptr:
+            return False
+    return True
+
+
+_fast_valid = _FAST_VALID if _FAST_VALID is not None else _fast_valid_py
+
+
+class _FastPath(NamedTuple):
+    """The decisions of the last fused call, for the next call's one cheap pass (issue 14: the per-call
+    checks cost ~35 us per block, ~0.5 ms per batch-1 MobileNetV2 forward). Valid while every fact it was
+    built from still holds; ``_FoldedModule._fast`` checks each of them every call, so it never decides
+    differently from the full checks (``_fused_structure`` + ``_folded``): anything it cannot vouch for sends
+    the call down the full path."""
+    st: _Structure
+    entry: _CacheEntry
+    cache: dict                      # the module's _cache dict the entry lives in (a reset replaces it)
+    device: torch.device
+    dtype: torch.dtype
+    backend: Any
+    nodes: tuple                     # (module __dict__, its _modules, children tuple, mode matters)
+    attrs: tuple                     # (__dict__, name, value): the geometry of the folded-from modules
+    dicts: tuple                     # (dict, tuple of its values): the dicts the folded-from tensors come from
+    tensors: tuple                   # (tensor, data_ptr, version) when folded (entry.sources, entry.key)
+    call: Any                        # what the subclass runs: (callable, args after x), or its own payload
+
+
+def _geometry_attrs(m: nn.Module) -> Optional[list]:
+    """_geometry(m) as (__dict__, name, value) triples read from m.__dict__, or None when an attribute lives
+    elsewhere (a property): then the module keeps the full per-call checks."""
+    md = m.__dict__
+    names = (("stride", "padding", "dilation", "groups", "padding_mode") if isinstance(m, nn.Conv2d)
+             else ("eps", "track_running_stats"))
+    out = []
+    for n in names:
+        if n not in md:
+            if isinstance(m, nn.Conv2d) or hasattr(m, n):
+                return None
+            out.append((md, n, _MISSING))  # getattr(m, n, None) is None: must stay absent
+        else:
+            out.append((md, n, md[n]))
+    return out
+
+
+def _tensor_dicts(m: nn.Module, out: list) -> list:
+    """(dict, its values) for every dict _tensors(m) reads, in the same order."""
+    out.append((m._parameters, tuple(m._parameters.values())))
+    out.append((m._buffers, tuple(m._buffers.values())))
+    if m._modules:
+        out.append((m._modules, tuple(m._modules.values())))
+        for c in m._modules.values():
+            if c is not None:
+                _tensor_dicts(c, out)
+    return out
+
+
 class _FoldedModule(nn.Module):
     """Adopts an original module's children and caches weights folded from them per (device, dtype).
 
@@ -165,6 +258,7 @@ class _FoldedModule(nn.Module):
         d["_cache"] = {}
         d["_struct"] = self._build_structure(plan, None)
         d["_warned"] = set()
+        d["_fastpath"] = None
         d["plan"] = plan
         self.training = original.training
 
@@ -173,6 +267,7 @@ class _FoldedModule(nn.Module):
         state = self.__dict__.copy()
         state["_cache"] = {}
         state["_warned"] = set()
+        state["_fastpath"] = None
         return state
 
     # -- drop-in attributes -----------------------------------------------------------------------------------
@@ -362,6 +457,57 @@ class _FoldedModule(nn.Module):
                 cache[slot] = entry
         return entry
 
+    # -- the per-call fast path (issue 14) ---------------------------------------------------------------------
+    def _fast(self, x: torch.Tensor) -> Optional[_FastPath]:
+        """The last fused call's record when running ``x`` fused again is certain to do exactly what the full
+        checks would (same structure, same folded weights, nothing asking for the original's forward), else
+        None (then take the full path). One pass (in C++ when the CPU extension is built)."""
+        if torch.compiler.is_compiling():  # first: dynamo would guard on everything read below
+            return None
+        d = self.__dict__
+        fp = d.get("_fastpath")
+        if (fp is None or d["training"] or d["_cache"] is not fp.cache or d.get("backend") != fp.backend
+                or type(x) is not torch.Tensor or x.dtype is not fp.dtype or x.device != fp.device
+                or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks or _modes_active()):
+            return None
+        return fp if _fast_valid(fp.nodes, fp.attrs, fp.dicts, fp.tensors) else None
+
+    def _set_fast(self, st: _Structure, entry: _CacheEntry, x: torch.Tensor, call: Any) -> None:
+        """Records a fused call that the full checks just allowed (st, entry as they returned them), so that
+        the next one can take ``_fast``. Records nothing it could not check cheaply later: inference tensors
+        (no version counter), attributes outside ``__dict__``, or a state that moved on since st / entry were
+        made (a layer, tensor or attribute changed meanwhile)."""
+        d = self.__dict__
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or entry.run is None
+                or entry.original_because is not None or st.geometry is None or entry.targets is not st.targets):
+            return
+        attrs: list = []
+        for m in st.targets:
+            a = _geometry_attrs(m)
+            if a is None:
+                return
+            attrs += a
+        if tuple(_geometry(m) for m in st.targets) != st.geometry:
+            return
+        dicts: list = []
+        for m in st.targets:
+            _tensor_dicts(m, dicts)
+        now: list = []
+        for m in st.targets:
+            _tensors(m, now)
+        if len(now) != len(entry.sources) or any(a is not b for a, b in zip(now, entry.sources)):
+            return
+        if any(v < 0 for _, v in entry.key):  # an inference tensor: the full path decides every call
+            return
+        tensors = tuple((t, p, v) for t, (p, v) in zip(entry.sources, entry.key))
+        keys = ("training", "_forward_hooks", "_forward_pre_hooks", "_modules")
+        if any(not all(k in m.__dict__ for k in keys) for m, _, _ in st.nodes):
+            return
+        nodes = tuple((m.__dict__, m._modules, kids, bool(mode_matters)) for m, kids, mode_matters in st.nodes)
+        d["_fastpath"] = _FastPath(st, entry, d["_cache"], x.device, x.dtype, d.get("backend"), nodes, tuple(attrs),
+                               tuple(dicts), tensors, call)
+
     # -- which path -------------------------------------------------------------------------------------------
     def _warn_once(self, what: str, message: str) -> None:
         warned = self.__dict__["_warned"]
@@ -462,6 +608,10 @@ class FusedInvertedResidual(_FoldedModule):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fp = self._fast(x)
+        if fp is not None:  # the same decisions as the last call (issue 14: one cheap pass)
+            run, args = fp.call
+            return run(x, *args)
         st = self._fused_structure(x)
         if st is None:
             return self._original(x)
@@ -472,7 +622,14 @@ class FusedInvertedResidual(_FoldedModule):
             self._warn_once(entry.original_because, f"mnv2_kernels: {type(self).__name__} runs its original "
                             f"(unfused) forward: {entry.original_because}")
             return self._original(x)
-        return entry.run(x, *entry.folded, st.plan.stride, st.plan.residual)
+        args = (*entry.folded, st.plan.stride, st.plan.residual)
+        y = entry.run(x, *args)
+        run = entry.run
+        if (getattr(run, "__self__", None) is backends.ROWS.get("cpu") and x.device.type == "cpu"
+                and hasattr(_FAST_EXT, "inverted_residual_cpu")):
+            run = _FAST_EXT.inverted_residual_cpu  # what torch.ops.mnv2.inverted_residual runs here
+        self._set_fast(st, entry, x, (run, args))
+        return y
 
 
 _ACTIVATIONS: Dict[Optional[str], Optional[Callable]] = {

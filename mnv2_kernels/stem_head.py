@@ -40,9 +40,15 @@ from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
-from .modules import FoldedConvBNAct
+from .modules import FoldedConvBNAct, _modes_active
 
 _HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
+# What the modules' fast path (modules._FastPath) calls: the ops' CPU kernels without the dispatcher
+# (csrc/cpu/fast_path.cpp), or the ops when this build lacks them.
+if _HAVE_OPS:
+    _CONV3X3_RUN = getattr(CPU_EXT, "conv3x3_bias_act_cpu", None) or torch.ops.mnv2.conv3x3_bias_act.default
+    _DENSE_RUN = getattr(CPU_EXT, "dense_bias_act_cpu", None) or torch.ops.mnv2.dense_bias_act.default
+    _DENSE_MEAN_RUN = getattr(CPU_EXT, "dense_relu6_mean_cpu", None) or torch.ops.mnv2.dense_relu6_mean.default
 
 if _HAVE_OPS:
     def _fake_conv3x3(x, w, b, stride, relu6):
@@ -94,6 +100,10 @@ class CPUFoldedConvBNAct(FoldedConvBNAct):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fp = self._fast(x)  # the last call's decisions, still valid (modules.py, _FastPath)
+        if fp is not None:
+            run, args = fp.call
+            return run(x, *args)
         if not _plain_cpu_f32(x):
             return super().forward(x)
         st = self._fused_structure(x)
@@ -103,11 +113,26 @@ class CPUFoldedConvBNAct(FoldedConvBNAct):
         kind = _conv_kind(conv)
         if kind is None:
             return super().forward(x)
-        w, b = self._folded(st, x.dtype, x.device).folded
+        entry = self._folded(st, x.dtype, x.device)
+        w, b = entry.folded
         relu6 = st.plan.activation == "relu6"
         if kind == "3x3":
-            return torch.ops.mnv2.conv3x3_bias_act(x, w, b, conv.stride[0], relu6)
-        return torch.ops.mnv2.dense_bias_act(x, w, b, relu6)
+            y = torch.ops.mnv2.conv3x3_bias_act(x, w, b, conv.stride[0], relu6)
+            run, args = _CONV3X3_RUN, (w, b, conv.stride[0], relu6)
+        else:
+            y = torch.ops.mnv2.dense_bias_act(x, w, b, relu6)
+            run, args = _DENSE_RUN, (w, b, relu6)
+        # the geometry _conv_kind read is part of the record's checks (conv stride, padding, groups, ...);
+        # kernel_size and channel counts are fixed by the folded weights' shapes
+        self._set_fast(st, entry, x, (run, args))
+        return y
+
+    def _pooled_head_fast(self, x: torch.Tensor):
+        """(w, b) of this head for dense_relu6_mean when the last call's decisions still hold, else None."""
+        fp = self._fast(x)
+        if fp is not None and fp.call[0] is _DENSE_RUN and fp.call[1][2] is True:
+            return fp.call[1][:2]
+        return None
 
 
 class CPULinear(nn.Linear):
@@ -118,7 +143,9 @@ class CPULinear(nn.Linear):
                 and self.weight.device.type == "cpu"
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                       or self.bias.requires_grad))):
-            return torch.ops.mnv2.dense_bias_act(x, self.weight, self.bias, False)
+            if torch.is_grad_enabled() or type(x) is not torch.Tensor or _modes_active():
+                return torch.ops.mnv2.dense_bias_act.default(x, self.weight, self.bias, False)
+            return _DENSE_RUN(x, self.weight, self.bias, False)  # the op's kernel, no dispatcher
         return F.linear(x, self.weight, self.bias)
 
 
@@ -139,12 +166,18 @@ def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Te
     h = x
     for mod in list(feats)[:-1]:
         h = mod(h)
+    wb = head._pooled_head_fast(h)
+    if wb is not None:  # the head's last call ran this 1x1 + ReLU6 fused and nothing changed since
+        return model.classifier(_DENSE_MEAN_RUN(h, *wb))
     st = head._fused_structure(h) if _plain_cpu_f32(h) else None
     if st is None or st.plan.activation != "relu6" or _conv_kind(st.targets[0]) != "1x1":
         h = head(h)  # the layer as it is (same result as the original forward from here on)
         return model.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-    w, b = head._folded(st, h.dtype, h.device).folded
-    return model.classifier(torch.ops.mnv2.dense_relu6_mean(h, w, b))
+    entry = head._folded(st, h.dtype, h.device)
+    w, b = entry.folded
+    y = model.classifier(torch.ops.mnv2.dense_relu6_mean(h, w, b))
+    head._set_fast(st, entry, h, (_DENSE_RUN, (w, b, True)))
+    return y
 
 
 class _PooledHeadForward:
