@@ -219,8 +219,13 @@ def test_fused_path_is_really_taken(monkeypatch):
     assert not fused.training and all(not m.training for m in fused.modules())
     with torch.inference_mode():
         fused(torch.randn(1, 3, 32, 32))
+        assert len(calls) == 17 and len(set(calls)) == 1
         fused(torch.randn(1, 3, 32, 32))
-    assert len(calls) == 34 and len(set(calls)) == 1
+    # the second call calls the op again, or repeats the first call's checked decisions (issue 14's fast path,
+    # which calls the same kernel without the dispatcher)
+    blocks = [m for m in fused.modules() if isinstance(m, mk.FusedInvertedResidual)]
+    assert len(blocks) == 17
+    assert len(calls) == 34 or all(b.__dict__.get("_fastpath") is not None for b in blocks)
 
 
 def test_fusing_twice_changes_nothing():

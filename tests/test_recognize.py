@@ -217,7 +217,8 @@ def test_conv_bn_act_recognition():
         "relu6"
     assert recognize_conv_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())).activation == "relu"
     assert recognize_conv_bn(nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))).activation is None
-    for bad in (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.SiLU()),
+    assert recognize_conv_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.SiLU())).activation == "silu"
+    for bad in (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Tanh()),
                 nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(8)),
                 nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(4)),
                 nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 1))):
