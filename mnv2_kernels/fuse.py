@@ -156,8 +156,12 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     Blocks are recognised by what their forward computes (mnv2_kernels.recognize), so torchvision's and
     timm's MobileNetV2 / EfficientNet-Lite and hand-written models work alike. Blocks that cannot be fused
     exactly (squeeze-excite, other activations, asymmetric padding, other kernel sizes) stay as they are.
-    With ``fold_conv_bn`` (default), conv -> BN [-> ReLU|ReLU6] modules outside the blocks (the stem and
-    head of MobileNetV2) become FoldedConvBNAct: one convolution on folded weights, same keys.
+    Generalised blocks (issue 13: other activations, 5x5-9x9 depthwise, TF padding, squeeze-excite, MobileNetV4
+    UIB incl. its 'ConvNeXt' variant, MixNet's MixConv, PP-LCNetV2's re-parameterisable branches) become
+    FoldedInvertedResidual (docs/CONTRACT.md, "The generalised block").
+    With ``fold_conv_bn`` (default), conv -> BN [-> act] modules outside the blocks (the stem and head of
+    MobileNetV2) become FoldedConvBNAct: one convolution on folded weights, same keys; timm's EfficientNet /
+    MobileNetV3 stem and head pairs (conv_stem + bn1, conv_head + bn2) too (mnv2_kernels.timm_stem).
     The state dict keeps its keys and values. ``backend``: "auto", "cpu", "cuda", "triton" or "reference";
     one that cannot serve the model's device raises RuntimeError naming what is missing.
     ``inplace=False`` works on a deep copy. With ``return_report=True`` returns (model, FuseReport); the

@@ -564,8 +564,8 @@ def recognize_mixed(module: nn.Module) -> MixedConv:
 
 def _find_mixed_modules(block: nn.Module) -> dict:
     """{id(module): MixedConv, or the reason it is not one} for the block's submodules that split their input
-    into channel groups, one conv per group, and concatenate (candidates: modules whose children are all
-    Conv2d and that are not a Sequential)."""
+    into channel groups, one conv per group, and concatenate (candidates: modules with their own forward whose
+    children are Conv2d, or ModuleLists / ModuleDicts of Conv2d, and that are not a Sequential)."""
     def convs_only(m: nn.Module) -> bool:   # children: Conv2d, or ModuleList / ModuleDict of them
         kids = [c for c in m._modules.values() if c is not None]
         return bool(kids) and all(isinstance(c, nn.Conv2d) or (isinstance(c, (nn.ModuleList, nn.ModuleDict))
