@@ -245,11 +245,13 @@ def weighted_counts(instrs, loops, sched, has_expand):
             elif n_h == 1:
                 mult = sc["expand_tiles"]
             elif other:
-                mult = sc["stage"]
+                mult = sc["stage"] * (sc.get("ksize", 1) ** 2 if len(other) >= 2 else 1)  # ex: a runtime tap loop
             else:
                 mult = calls[ph]
         elif ph == "dw":
-            mult = sc["dw_items"] if encl else calls[ph]
+            # the generalised kernel's depthwise nests a tap-row and a tap-column loop (K trips each) in the item
+            # loop; the MobileNetV2 kernel's has the item loop only
+            mult = sc["dw_items"] * sc.get("ksize", 1) ** max(0, len(encl) - 1) if encl else calls[ph]
         elif ph == "project":
             n_h = sum(1 for lp in encl if loop_info[lp]["hmma"])
             if n_h >= 2 or (n_h == 1 and max_hmma_depth["project"] == 1):
@@ -330,11 +332,101 @@ def predict(cubin, regs_by_symbol, batch=256, dtype="float16", json_out=None):
     return 0
 
 
+# Generalised blocks (issue 13) for --predict-ex: name, Cin, Chid, Cout, H (= W), stride, residual, K, padding,
+# act_expand, act_dw, SE reduced channels (0: none). The zoo's representative shapes (tools/gpu_static_ex.py has
+# the same list for the Triton kernel).
+EX_BLOCKS = [
+    ("MobileNetV3-L 160-960-160 5x5 hswish SE 7x7", 160, 960, 160, 7, 1, True, 5, "symmetric", "hardswish", 240),
+    ("MobileNetV3-L 112-672-160 5x5 s2 hswish SE 14x14", 112, 672, 160, 14, 2, False, 5, "symmetric", "hardswish",
+     168),
+    ("MobileNetV3-L 40-120-40 5x5 relu SE 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", 32),
+    ("EfficientNet-B0 40-240-40 5x5 silu SE 28x28", 40, 240, 40, 28, 1, True, 5, "symmetric", "silu", 10),
+    ("EfficientNet-B0 80-480-80 3x3 silu SE 14x14", 80, 480, 80, 14, 1, True, 3, "symmetric", "silu", 20),
+    ("tf_EfficientNet-B0 24-144-40 5x5 s2 tf_same silu SE 56x56", 24, 144, 40, 56, 2, False, 5, "tf_same", "silu", 6),
+    ("MNASNet 40-120-40 5x5 relu 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", 0),
+    ("MNASNet 24-72-40 5x5 s2 relu 56x56", 24, 72, 40, 56, 2, False, 5, "symmetric", "relu", 0),
+]
+
+
+def eager_bytes(cin, chid, cout, h, stride, batch, se, residual, itemsize=2):
+    """DRAM bytes eager PyTorch moves at least for one block with BN folded (each op reads its inputs and writes its
+    output once): expand conv, act, depthwise, act, [SE: mean, gate multiply], project, [residual add]."""
+    ho = (h - 1) // stride + 1
+    x, hid, hid2, y = batch * h * h * cin, batch * h * h * chid, batch * ho * ho * chid, batch * ho * ho * cout
+    b = (x + hid) + 2 * hid + (hid + hid2) + 2 * hid2 + (hid2 + y)
+    if se:
+        b += hid2 + 2 * hid2  # mean reads it, the gate multiply reads and writes it
+    if residual:
+        b += 3 * y
+    return itemsize * b
+
+
+def predict_ex(cubin, regs_by_symbol, batch=256, dtype="float16"):
+    """Static prediction of the generalised kernel (mnv2_ir_ex_kernel) on EX_BLOCKS: the issue model of predict()
+    on its SASS, weighted by the plan's trip counts (the depthwise's tap loops by K, the weight staging's tap loop
+    by K^2); with squeeze-excite, pass 1 (expand + depthwise + pool, no project) + pass 2 (everything). Both sides of
+    every branch are counted: the epilogues hold all smooth activations (GELU, hardswish, sigmoid forms) and both
+    squeeze-excite modes, so the issue time is an upper bound. Eager: no GPU measurement of these blocks exists; the
+    estimate is the DRAM floor of the unfused block (eager_bytes / 4.3 TB/s) times the median measured / floor ratio
+    of the 12 MobileNetV2 blocks (RESULTS.md)."""
+    cp = load_cuda_plan()
+    nvdisasm = find_tool("nvdisasm")
+    if nvdisasm is None:
+        print("cuda_build_check: nvdisasm not found (CUDA toolkit or Triton's bundled copy)", file=sys.stderr)
+        return 2
+    funcs, loops = disassemble(cubin, nvdisasm, SOURCE)
+    tname = "__half" if dtype == "float16" else "__nv_bfloat16"
+    fn = [f for f in funcs if f"mnv2_ir_ex_kernelI{len(tname)}{tname}E" in f]
+    assert len(fn) == 1, list(funcs)
+    fn = fn[0]
+    ratios = sorted(eager / (eager_bytes(cin, chid, cout, h, s, batch, False, res) / H200["dram_Bps"] * 1e6)
+                    for _, cin, chid, cout, h, s, res, _, eager in BLOCKS)
+    eager_factor = ratios[len(ratios) // 2]
+    clk_per_us = H200["clk_ghz"] * 1e3
+    rows = []
+    for name, cin, chid, cout, h, s, res, k, padding, act, se in EX_BLOCKS:
+        cin8, chid8, cout8 = cp.kernel_channels(cin, chid, cout, True)
+        pt = cp.pads(h, k, s, padding)[0]
+        p = cp.plan(batch, cin8, chid8, cout8, h, h, s, True, kernel=k, pad_t=pt)
+        total_issue, total_tc = 0.0, 0.0
+        for pass_ in ((1, 2) if se else (0,)):
+            sc = cp.schedule(batch, cin8, chid8, cout8, h, h, s, p, kernel=k, pad_t=pt)
+            sc["stage"] = math.ceil(p["chunk"] / cp.THREADS) * (sc["chunks"] if p["nchunks"] > 1 else 1)
+            sc["ksize"] = k
+            if pass_ == 1:
+                sc["proj_tiles"] = 0
+            per_warp, hmma_w, _, _ = weighted_counts(funcs[fn], loops[fn], sc, True)
+            ctas_on_sm = min(p["ctas_per_sm"], math.ceil(p["grid"] / H200["sms"]))
+            total_issue += ctas_on_sm * per_warp * cp.WARPS / 4 / clk_per_us
+            total_tc += ctas_on_sm * hmma_w * cp.WARPS * 4096 / H200["hmma_flop_per_clk"] / clk_per_us
+        ho = (h - 1) // s + 1
+        fused = 2 * batch * ((2 if se else 1) * h * h * cin + ho * ho * cout)
+        dram_us = fused / H200["dram_Bps"] * 1e6
+        pred = max(CALIBRATION * total_issue, total_tc, dram_us)
+        eager = eager_factor * eager_bytes(cin, chid, cout, h, s, batch, bool(se), res) / H200["dram_Bps"] * 1e6
+        rows.append((name, p, total_issue, dram_us, pred, eager))
+    regs = regs_by_symbol.get(fn)
+    print(f"\nstatic prediction of the generalised kernel {demangle([fn])[fn]} ({regs} registers), H200, batch {batch}, "
+          f"{dtype}, channels_last; predicted = max({CALIBRATION} x issue (upper bound: every branch counted), tensor "
+          f"floor, DRAM floor); SE = pass 1 + pass 2; eager estimate = unfused DRAM floor x {eager_factor:.2f} (median "
+          f"measured / floor of the MobileNetV2 blocks):")
+    print(f"{'block':<58} {'R':>3} {'HC':>4} {'chunks':>6} {'CTA/SM':>6} {'issue us':>8} {'dram us':>7} "
+          f"{'pred us':>7} {'eager~ us':>9} {'speed-up':>8}")
+    for name, p, iss, dram, pred, eager in rows:
+        print(f"{name:<58} {p['rows']:>3} {p['chunk']:>4} {p['nchunks']:>6} {p['ctas_per_sm']:>6} {iss:>8.1f} "
+              f"{dram:>7.1f} {pred:>7.1f} {eager:>9.1f} {eager / pred:>7.2f}x")
+    g = math.exp(sum(math.log(r[5] / r[4]) for r in rows) / len(rows))
+    print(f"geometric mean predicted speed-up over the eager estimate: {g:.2f}x")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nvcc", default=os.environ.get("NVCC", "nvcc"), help="nvcc to use (default: nvcc on PATH)")
     ap.add_argument("--predict", action="store_true", help="static H200 prediction per MobileNetV2 block")
     ap.add_argument("--json", help="with --predict: write the prediction table as JSON here")
+    ap.add_argument("--predict-ex", action="store_true",
+                    help="static H200 prediction of the generalised kernel (issue 13) on the zoo's blocks")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
@@ -407,7 +499,7 @@ def main():
         if status == 0:
             print("cuda_build_check: OK (no spills, no local memory)")
 
-        if args.predict:
+        if args.predict or args.predict_ex:
             cubin = os.path.join(tmp, "k90.cubin")
             c = subprocess.run([nvcc] + FLAGS + ["-arch=sm_90a", "-cubin", SOURCE, "-o", cubin],
                                capture_output=True, text=True, timeout=1200)
@@ -420,8 +512,12 @@ def main():
                     m = re.search(r"mnv2_ir_ring_kernelI(\d+\w+?Li\dE)", r["name"])
                     if m:
                         regs["mnv2_ir_ring_kernelI" + m.group(1)] = r["regs"]
-            rc = predict(cubin, regs, json_out=args.json)
-            status = max(status, rc)
+                    if "mnv2_ir_ex_kernel" in r["name"]:
+                        regs[r["name"]] = r["regs"]
+            if args.predict:
+                status = max(status, predict(cubin, regs, json_out=args.json))
+            if args.predict_ex:
+                status = max(status, predict_ex(cubin, regs))
         return status
     finally:
         if args.keep:

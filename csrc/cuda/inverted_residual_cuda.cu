@@ -31,9 +31,10 @@
 // No torch headers here; the binding (inverted_residual_binding.cpp) validates, pads and allocates.
 //
 // The generalised block (mnv2::inverted_residual_ex, issue 13; docs/CUDA_KERNEL.md "Generalised blocks") is the
-// same body with GEN = true (mnv2_ir_ex_kernel<T, S, K>): depthwise kernel K in 1, 3, 5, 7, 9 (template), runtime
-// pads before (pad_t, pad_l: symmetric or TF "same"; the after-pads are implicit: rows >= H are skipped, columns
-// >= W read the ring's zero gap of Z = max(K / 2, 1) pixels between rows), runtime activations after expand,
+// same body with GEN = true (mnv2_ir_ex_kernel<T>, one instantiation per dtype): stride S and depthwise kernel K in
+// 1, 3, 5, 7, 9 from the parameters (its depthwise walks one tap column at a time, so K costs no registers), pads
+// before (pad_t, pad_l: symmetric or TF "same"; the after-pads are implicit: rows >= H are skipped, columns >= W
+// read the ring's zero gap of Z = max(K / 2, 1) pixels between rows), runtime activations after expand,
 // depthwise and project (a warp-uniform switch in each epilogue, on values rounded to the I/O dtype as eager
 // PyTorch computes them), and squeeze-excite in two passes over the input that never write the expanded tensor:
 // se_mode 1 runs expand + depthwise and adds the depthwise outputs of each (image, channel) into a float32 pool
@@ -49,6 +50,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <type_traits>
 #include <cstddef>
 #include <cstdint>
 
@@ -420,12 +422,12 @@ struct Params {
   int se_mode;        // 0: no squeeze-excite; 1: pass 1 (pool, no project); 2: pass 2 (gate, project)
   float* pool;        // [N, Chid8] float32 sums of the depthwise output (pass 1)
   const float* gate;  // [N, Chid8] float32 gate (pass 2)
+  int stride, ksize, zgap;  // S, K, ring_gap(K) (template constants in the MobileNetV2 kernel)
 };
 
 // Ring pixel of pixel `pix` (row-major over W columns) of the rows starting at ring row `ring_row0` (Z zero pixels
 // before each row).
-template <int Z = 1>
-__device__ __forceinline__ int ring_pos(const Params& p, int ring_row0, int pix) {
+__device__ __forceinline__ int ring_pos(const Params& p, int ring_row0, int pix, int Z) {
   const int r = int(fdiv(uint32_t(pix), p.div_w));
   int slot = ring_row0 + r;
   if (slot >= p.RR) slot -= p.RR;
@@ -466,10 +468,11 @@ __device__ __forceinline__ void load_rows(const Params& p, T* sX, int64_t n, int
 
 // Expand (or copy) the rows of sX, chunk channels [c0, c0 + HC), into the ring rows starting at ring_row0 (wrapping
 // at RR). Also stages the chunk's depthwise weights and bias as float.
+// K = 0: the generalised kernel (K and the ring gap from the parameters).
 template <typename T, int K = 3, bool GEN = false>
 __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sRing, float* sWdw, float* sBdw,
                                              int npix, int ring_row0, int c0, bool stage_dw) {
-  constexpr int Z = ring_gap(K), KK = K * K;
+  const int Z = K ? ring_gap(K) : p.zgap, KK = K ? K * K : p.ksize * p.ksize;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;
   if (stage_dw) {
@@ -492,7 +495,7 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
     for (int v = threadIdx.x; v < total; v += kThreads) {
       const int pix = int(fdiv(uint32_t(v), p.div_hcv));
       const int c = (v - pix * vpp) << 3;
-      sts16(sRing + ring_pos<Z>(p, ring_row0, pix) * p.LH + c,
+      sts16(sRing + ring_pos(p, ring_row0, pix, Z) * p.LH + c,
             c0 + c < p.Cin8 ? lds16(sX + pix * p.LX + c0 + c) : make_uint4(0, 0, 0, 0));
     }
     return;
@@ -576,7 +579,7 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
           o.z = Tr<T>::relu6_f2(acc[i][2][2 * h], acc[i][2][2 * h + 1]) & keep[2];
           o.w = Tr<T>::relu6_f2(acc[i][3][2 * h], acc[i][3][2 * h + 1]) & keep[3];
         }
-        if (px0 + g + d < npix) sts16(dst + ring_pos<Z>(p, ring_row0, px0 + g + d) * p.LH, o);
+        if (px0 + g + d < npix) sts16(dst + ring_pos(p, ring_row0, px0 + g + d, Z) * p.LH, o);
       }
   }
 }
@@ -585,11 +588,13 @@ __device__ __forceinline__ void expand_chunk(const Params& p, const T* sX, T* sR
 // `slot0` is the ring row of input row oy0 * S - pad_t (negative only when that row lies above the image).
 // GEN: act_d, and the squeeze-excite modes (se_mode 1: the outputs of image n are added into p.pool, nothing is
 // stored; se_mode 2: the outputs are multiplied by the gate of image n, rounded, stored).
+// S = K = 0: the generalised kernel (stride, K and the ring gap from the parameters).
 template <typename T, int S, int K = 3, bool GEN = false>
 __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing, const float* sWdw,
                                                 const float* sBdw, T* sDW, int64_t n, int oy0, int nrows, int slot0,
                                                 int c0) {
-  constexpr int Z = ring_gap(K);
+  const int Z = K ? ring_gap(K) : p.zgap;
+  const int SS = S ? S : p.stride, KS = K ? K : p.ksize;
   // MobileNetV2 (3x3): each ring row's NCOL input vectors are loaded once and every tap column's weights held in
   // registers (K x 8 floats). The generalised kernel (more live state: activations, squeeze-excite, pads) would spill
   // that way even at 3x3 (128 registers): one tap column at a time there, input vectors reloaded from shared memory.
@@ -610,7 +615,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
     const int j = sidx - i * ns;
     const int oy = oy0 + i;
     const int ox0 = j * kPX;
-    const int ix0 = ox0 * S - pl;
+    const int ix0 = ox0 * SS - pl;
     const int c = cg << 3;
     float acc[kPX][8];  // start at the bias
     {
@@ -664,15 +669,15 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
       }
     } else {
 #pragma unroll 1
-      for (int ky = 0; ky < K; ++ky) {
-        const int iy = oy * S - pt + ky;
+      for (int ky = 0; ky < KS; ++ky) {
+        const int iy = oy * SS - pt + ky;
         if (iy < 0 || iy >= p.H) continue;
-        int slot = slot0 + i * S + ky;
+        int slot = slot0 + i * SS + ky;
         if (slot >= p.RR) slot -= p.RR;
         const T* rowp = sRing + (slot * (p.W + Z) + Z) * p.LH + c;
-        const float* wrow = sWdw + ky * K * p.HC + c;
+        const float* wrow = sWdw + ky * KS * p.HC + c;
 #pragma unroll 1
-        for (int kx = 0; kx < K; ++kx) {
+        for (int kx = 0; kx < KS; ++kx) {
           const float4 w0 = *reinterpret_cast<const float4*>(wrow + kx * p.HC);
           const float4 w1 = *reinterpret_cast<const float4*>(wrow + kx * p.HC + 4);
           const float w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
@@ -680,7 +685,7 @@ __device__ __forceinline__ void depthwise_chunk(const Params& p, const T* sRing,
 #pragma unroll
           for (int px = 0; px < kPX; ++px) {
             const uint4 v = lds16(colp);
-            colp += S * p.LH;
+            colp += SS * p.LH;
             const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
@@ -871,9 +876,12 @@ __device__ __forceinline__ void project(const Params& p, const T* sDW, int64_t n
 #endif
 
 // Body of mnv2_ir_ring_kernel(const Params) (MobileNetV2: GEN = false, K = 3) and of mnv2_ir_ex_kernel (GEN).
+// S = K = 0 (the generalised kernel): stride, K and the ring gap from the parameters.
 template <typename T, int S, int K, bool GEN>
 __device__ __forceinline__ void ring_body(const Params& p) {
-  constexpr int Z = ring_gap(K);
+  const int Z = K ? ring_gap(K) : p.zgap;
+#define MNV2_S (S ? S : p.stride)
+#define MNV2_K (K ? K : p.ksize)
   extern __shared__ __align__(128) unsigned char smem[];
   T* const sX = reinterpret_cast<T*>(smem);                         // [MXP][LX]      input rows of a step
   T* const sRing = reinterpret_cast<T*>(smem + p.off_ring);         // [ring_pixels][LH] expanded rows (ring)
@@ -884,34 +892,37 @@ __device__ __forceinline__ void ring_body(const Params& p) {
   // the ring's zero pixels (Z before every row and after the last), once: the expand never writes them
   for (int v = threadIdx.x; v < (p.RR + 1) * Z * (p.LH >> 3); v += kThreads) {
     const int zp = v / (p.LH >> 3);  // once per CTA
-    const int r = Z == 1 ? zp : zp / Z;
+    const int r = zp / Z;
     sts16(sRing + (r * (p.W + Z) + (zp - r * Z)) * p.LH + ((v - zp * (p.LH >> 3)) << 3), make_uint4(0, 0, 0, 0));
   }
 #define MNV2_PT (GEN ? p.pad_t : 1)  // read from the parameters at each use (no register held across the loops)
   bool dw_staged = false;  // ring mode: the depthwise weights stay in shared memory for the whole CTA
-  for (int64_t item = blockIdx.x; item < p.items; item += gridDim.x) {
+  // the generalised kernel indexes work items and images with int (the launcher checks items < 2^31): two
+  // registers fewer across the whole loop nest
+  using Idx = typename std::conditional<GEN, int, int64_t>::type;
+  for (Idx item = blockIdx.x; item < p.items; item += gridDim.x) {
     // item -> (image n, band b); band b covers steps [b*steps/bands, (b+1)*steps/bands)
-    const int64_t n = item / p.bands;  // once per work item
+    const Idx n = item / p.bands;  // once per work item
     const int b = int(item - n * p.bands);
     const int k0 = int(int64_t(b) * p.steps / p.bands);
     const int k1 = int(int64_t(b + 1) * p.steps / p.bands);
     int oy0 = k0 * p.R;
-    int e0 = oy0 * S - MNV2_PT;
+    int e0 = oy0 * MNV2_S - MNV2_PT;
     if (e0 < 0) e0 = 0;
     int origin = e0;  // image row held in ring row 0 (advanced by RR as the band moves down)
     int e1 = 0;
     {
       const int r1 = min(p.Ho, oy0 + p.R);
-      e1 = min(p.H, (r1 - 1) * S - MNV2_PT + K);
+      e1 = min(p.H, (r1 - 1) * MNV2_S - MNV2_PT + MNV2_K);
       __syncthreads();  // the previous item's expand phase no longer reads sX
       load_rows<T>(p, sX, n, e0, e1);
     }
     for (int k = k0; k < k1; ++k) {
       const int nrows = min(p.R, p.Ho - oy0);
-      const int fr = oy0 * S - MNV2_PT;  // first input row the step reads
+      const int fr = oy0 * MNV2_S - MNV2_PT;  // first input row the step reads
       // first ring row in use: fr, or e0 when the step expands a row above fr (K < S: the row between two steps'
       // rows, expanded because a band's rows are contiguous, never read)
-      const int lo = (K < S && e0 < fr) ? e0 : fr;
+      const int lo = (GEN && MNV2_K < MNV2_S && e0 < fr) ? e0 : fr;
       if (lo - origin >= p.RR) origin += p.RR;
       const int npix_in = (e1 - e0) * p.W;
       int ring_row0 = e0 - origin;  // ring row of e0
@@ -927,7 +938,7 @@ __device__ __forceinline__ void ring_body(const Params& p) {
         __syncthreads();  // ring rows and depthwise weights ready; sX free after the last chunk
         if (ch == p.nchunks - 1 && k + 1 < k1) {  // prefetch the next step's new rows
           const int r1 = min(p.Ho, oy0 + 2 * p.R);
-          const int ne1 = min(p.H, (r1 - 1) * S - MNV2_PT + K);
+          const int ne1 = min(p.H, (r1 - 1) * MNV2_S - MNV2_PT + MNV2_K);
           load_rows<T>(p, sX, n, e1, ne1);
           e0 = e1;
           e1 = ne1;
@@ -942,6 +953,8 @@ __device__ __forceinline__ void ring_body(const Params& p) {
     }
   }
 #undef MNV2_PT
+#undef MNV2_S
+#undef MNV2_K
 }
 
 template <typename T, int S>
@@ -949,10 +962,11 @@ __global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ring_kerne
   ring_body<T, S, 3, false>(p);
 }
 
-// The generalised block: K x K depthwise, runtime pads / activations / squeeze-excite mode.
-template <typename T, int S, int K>
-__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(S)) mnv2_ir_ex_kernel(const Params p) {
-  ring_body<T, S, K, true>(p);
+// The generalised block: stride, K x K depthwise, pads, activations and squeeze-excite mode from the parameters
+// (one instantiation per dtype: the generalised depthwise walks one tap column at a time, so K costs no registers).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, MNV2_MIN_CTAS(0)) mnv2_ir_ex_kernel(const Params p) {
+  ring_body<T, 0, 0, true>(p);
 }
 
 // Squeeze-excite between the passes, one CTA per image: s = pool / (Ho * Wo) (rounded, as eager's mean),
@@ -1054,28 +1068,16 @@ template <typename T, int S, int K, bool GEN>
 cudaError_t launch_typed(const Params& p, unsigned grid, size_t smem, int device, cudaStream_t stream) {
   const void* func;
   if constexpr (GEN)
-    func = reinterpret_cast<const void*>(&mnv2_ir_ex_kernel<T, S, K>);
+    func = reinterpret_cast<const void*>(&mnv2_ir_ex_kernel<T>);
   else
     func = reinterpret_cast<const void*>(&mnv2_ir_ring_kernel<T, S>);
   cudaError_t err = ensure_smem_limit<KernelTag<T, S, K, GEN>>(func, device, smem);
   if (err != cudaSuccess) return err;
   if constexpr (GEN)
-    mnv2_ir_ex_kernel<T, S, K><<<grid, kThreads, smem, stream>>>(p);
+    mnv2_ir_ex_kernel<T><<<grid, kThreads, smem, stream>>>(p);
   else
     mnv2_ir_ring_kernel<T, S><<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
-}
-
-template <typename T, int S>
-cudaError_t launch_ex_k(int K, const Params& p, unsigned grid, size_t smem, int device, cudaStream_t stream) {
-  switch (K) {
-    case 1: return launch_typed<T, S, 1, true>(p, grid, smem, device, stream);
-    case 3: return launch_typed<T, S, 3, true>(p, grid, smem, device, stream);
-    case 5: return launch_typed<T, S, 5, true>(p, grid, smem, device, stream);
-    case 7: return launch_typed<T, S, 7, true>(p, grid, smem, device, stream);
-    case 9: return launch_typed<T, S, 9, true>(p, grid, smem, device, stream);
-    default: return cudaErrorInvalidValue;
-  }
 }
 
 template <typename T>
@@ -1199,7 +1201,10 @@ cudaError_t launch_block(mnv2_dtype dtype, const void* x, const void* w_expand, 
   p.se_mode = 0;
   p.pool = se ? opt->se_pool : nullptr;
   p.gate = se ? opt->se_gate_buf : nullptr;
-  if (plan.grid < 1 || plan.grid > INT32_MAX) return cudaErrorInvalidValue;
+  p.stride = stride;
+  p.ksize = K;
+  p.zgap = ring_gap(K);
+  if (plan.grid < 1 || plan.grid > INT32_MAX || (opt && plan.items > INT32_MAX)) return cudaErrorInvalidValue;
 
   const unsigned grid = unsigned(plan.grid);
   const size_t smem = size_t(plan.smem);
@@ -1210,10 +1215,8 @@ cudaError_t launch_block(mnv2_dtype dtype, const void* x, const void* w_expand, 
                 : (stride == 1 ? launch_typed<__nv_bfloat16, 1, 3, false>(p, grid, smem, device, stream)
                                : launch_typed<__nv_bfloat16, 2, 3, false>(p, grid, smem, device, stream));
   auto run = [&](const Params& q) {
-    return half ? (stride == 1 ? launch_ex_k<__half, 1>(K, q, grid, smem, device, stream)
-                               : launch_ex_k<__half, 2>(K, q, grid, smem, device, stream))
-                : (stride == 1 ? launch_ex_k<__nv_bfloat16, 1>(K, q, grid, smem, device, stream)
-                               : launch_ex_k<__nv_bfloat16, 2>(K, q, grid, smem, device, stream));
+    return half ? launch_typed<__half, 0, 0, true>(q, grid, smem, device, stream)
+                : launch_typed<__nv_bfloat16, 0, 0, true>(q, grid, smem, device, stream);
   };
   if (!se) return run(p);
   // squeeze-excite: pass 1 (pool), the excite MLP, pass 2 (gate, project)
