@@ -5,7 +5,8 @@ Without a GPU the kernels run in Triton's interpreter on CPU tensors (small shap
 programs). Both kernel variants ("ring", and "chunk" where the output image fits one tile) on every case:
 each activation (after expand, depthwise, project; SE activation and both gates), each depthwise kernel size
 (1, 3, 5, 7, 9), symmetric and TensorFlow "same" padding at odd and even sizes and strides 1 and 2,
-squeeze-excite (pass 1 pooling, pass 2 gating; also across several bands and programs), a leading depthwise
+squeeze-excite (ring: pass 1 pooling, pass 2 gating, also across several bands and programs; chunk: in one
+launch), a leading depthwise
 (MobileNetV4 UIB ExtraDW, stride 1 with the residual of the original x, stride 2), no expand conv, float32
 and float16. bfloat16 is refused on the interpreter (Triton 3.8's interpreter computes bfloat16 tl.dot
 wrongly), so it is left to a GPU.
@@ -147,6 +148,14 @@ def test_several_bands_and_programs(c):
 
 
 @interpreter_only
+def test_chunk_squeeze_excite_in_one_launch_over_several_images_per_program():
+    """The chunk kernel's one-launch SE (SE_FUSED: pool, MLP and gate on the image in dbuf) with 3 programs
+    doing 5 images: each image's sums and gate are its own."""
+    c = case(8, 24, 8, 5, 1, True, True, 5, 6, 7, "tf_same", "silu", "hardswish", "none", se=("relu6", "sigmoid"))
+    check(c, "chunk")
+
+
+@interpreter_only
 @pytest.mark.parametrize("variant", ["ring", "chunk"])
 @pytest.mark.parametrize("c", [CASES[2], CASES[5]], ids=lambda c: c.id)
 def test_float16(c, variant):
@@ -251,3 +260,9 @@ def test_static_plans_cover_both_passes():
     for p in plans:
         assert p["constexprs"]["K"] == 5 and p["constexprs"]["POOL"] == p["name"].endswith("-pool")
         assert p["constexprs"]["HAS_SE"] == (not p["name"].endswith("-pool"))
+    # 7x7 output: the chunk kernel does squeeze-excite in its one launch
+    plans = static_plans_ex(256, 160, 960, 160, 7, 7, 1, True, True, torch.float16, k=5, se=True, crd=240)
+    chunk = [p for p in plans if p["variant"] == "chunk"]
+    assert [p["name"] for p in chunk] == ["triton-ex-chunk"] and chunk[0]["chosen"]
+    assert chunk[0]["constexprs"]["SE_FUSED"] and chunk[0]["constexprs"]["CRDP"] == 256
+    assert not chunk[0]["constexprs"]["HAS_SE"] and not chunk[0]["constexprs"]["POOL"]

@@ -81,6 +81,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--detail", action="store_true", help="print each launch's SASS mix and feature times")
+    ap.add_argument("--blocks", nargs="*", help="only blocks whose name contains one of these words")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -116,6 +118,8 @@ def main(argv=None):
           f"{'dots':<7} {'pred µs':>8}")
     summary = []
     for name, *_ in BLOCKS:
+        if args.blocks and not any(w in name for w in args.blocks):
+            continue
         print(f"-- {name} (floor {model.floor_us(shapes[name], args.batch, DTYPE_SIZE[args.dtype]):.0f} µs)")
         totals = {}
         for p in [q for q in out["plans"] if q["block"] == name]:
@@ -138,6 +142,10 @@ def main(argv=None):
                 failures.append(f"{name} {p['name']}: spills {spill} B, stack {c.get('stack')} B")
             print(tag + f"{p['programs']:>6} {p['num_warps']:>3} {p['regs']:>5} {spill:>6} {p['smem'] / 1024:>7.1f} "
                   f"{p['ctas_per_sm']:>6} {dots:<7} {t:>8.0f}")
+            if args.detail:
+                keys = [k for k in sass.KEYS if p["mix"].get(k)]
+                print("      warp-instr/program: " + " ".join(f"{k}={p['mix'][k] * p['num_warps']}" for k in keys)
+                      + " | features µs: " + " ".join(f"{k} {v:.0f}" for k, v in feat.items()))
             totals.setdefault((p["kind"], p["variant"]), [0.0, p["chosen"]])[0] += t
         ex = [(v, t) for (kind, v), (t, ch) in totals.items() if kind == "ex" and ch]
         mv = [(v, t) for (kind, v), (t, ch) in totals.items() if kind == "mv2" and ch]

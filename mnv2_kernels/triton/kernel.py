@@ -138,6 +138,34 @@ def _dw_chunk_row(d, ring, tap0, x_img, wdw_ptr, c, c_ar, oy, ox, ky, WS, H, W, 
 
 
 @triton.jit
+def _se_fused(dbuf, pool, se_ptr, npb, BLOCK_PB: tl.constexpr, CHS: tl.constexpr, CRDP: tl.constexpr,
+              SE_BLOCK_C: tl.constexpr, SE_ACT: tl.constexpr, SE_GATE: tl.constexpr):
+    """Squeeze-excite of one image whose depthwise output is all in dbuf [BLOCK_PB, CHS] (chunk kernel):
+    pool [CHS] float32 holds its channel sums over npb pixels; se_ptr the packed float32 weights
+    w_r [CRDP, CHS] | b_r [CRDP] | w_e^T [CRDP, CHS] | b_e [CHS] (zero-padded). Then
+        t = SE_ACT(w_r @ (pool / npb) + b_r); dbuf[:, c] *= SE_GATE(w_e[c] @ t + b_e[c])
+    Ends with a barrier (dbuf rewritten)."""
+    j = tl.arange(0, CRDP)
+    cc = tl.arange(0, SE_BLOCK_C)
+    t = tl.zeros((CRDP,), dtype=tl.float32)
+    for c0 in range(0, CHS, SE_BLOCK_C):
+        s = tl.load(pool + c0 + cc) / npb                                                       # [SE_BLOCK_C]
+        w = tl.load(se_ptr + j[:, None] * CHS + (c0 + cc)[None, :])                             # [CRDP, SE_BLOCK_C]
+        t += tl.sum(w * s[None, :], axis=1)
+    t = _act(t + tl.load(se_ptr + CRDP * CHS + j), SE_ACT)      # padded rows: act(0) = 0, and w_e^T rows are 0
+    we = se_ptr + CRDP * CHS + CRDP
+    q = tl.arange(0, BLOCK_PB)
+    for c0 in range(0, CHS, SE_BLOCK_C):
+        c = c0 + cc
+        g = tl.sum(tl.load(we + j[:, None] * CHS + c[None, :]) * t[:, None], axis=0)            # [SE_BLOCK_C]
+        g = _act(g + tl.load(we + CRDP * CHS + c), SE_GATE)
+        ptrs = dbuf + q[:, None] * CHS + c[None, :]
+        h = tl.load(ptrs).to(tl.float32) * g[None, :]
+        tl.store(ptrs, h.to(dbuf.dtype.element_ty))
+    tl.debug_barrier()                                          # the gated dbuf is visible to the project
+
+
+@triton.jit
 def _project_tile(dbuf, wp_ptr, bp_ptr, x_img, y_img, oy, ox, p_ok, W, WO,
                   CO0: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_PB: tl.constexpr, CHUNK: tl.constexpr,
                   CHS: tl.constexpr, CIN: tl.constexpr, CHID: tl.constexpr, COUT: tl.constexpr,
@@ -394,6 +422,13 @@ def inverted_residual_chunk_kernel(
     HAS_SE: tl.constexpr,       # multiply the depthwise output by gate_ptr's gate
     POOL: tl.constexpr,         # squeeze-excite pass 1 (channel sums into pool_ptr, no output)
     SEPARATE_RES: tl.constexpr,  # the residual is res_ptr's (a leading depthwise made x_ptr), not x_ptr's
+    SE_FUSED: tl.constexpr = False,  # squeeze-excite in this one launch (the image's depthwise output is in dbuf):
+                                #   gate_ptr holds the packed float32 SE weights (launcher_ex._pack_se), pool_ptr
+                                #   [programs, CHS] float32 scratch for the channel sums
+    SE_ACT: tl.constexpr = "none",      # SE activation (SE_FUSED)
+    SE_GATE: tl.constexpr = "sigmoid",  # SE gate (SE_FUSED)
+    CRDP: tl.constexpr = 16,            # SE reduced channels, padded to a power of two >= 16 (SE_FUSED)
+    SE_BLOCK_C: tl.constexpr = 16,      # channels per SE MLP step (power of two dividing CHUNK)
 ):
     """The "chunk" variant, for images whose whole output fits one tile (e.g. 7x7): an item is one image, and
     the ring holds one chunk of expanded channels of the whole image (with its zero border) at a time:
@@ -482,7 +517,12 @@ def inverted_residual_chunk_kernel(
                 tl.store(pool_ptr + n64 * CHS + c, tl.sum(tl.where(p_ok[:, None], d, 0.0), axis=0))
             else:
                 tl.store(dbuf + qb_ar[:, None] * CHS + c[None, :], d.to(dbuf_ptr.dtype.element_ty))
+                if SE_FUSED:
+                    tl.store(pool_ptr + pid.to(tl.int64) * CHS + c, tl.sum(tl.where(p_ok[:, None], d, 0.0), axis=0))
             tl.debug_barrier()                        # the ring was read before the next chunk rewrites it
+        if SE_FUSED:
+            _se_fused(dbuf, pool_ptr + pid.to(tl.int64) * CHS, gate_ptr, npb, BLOCK_PB, CHS, CRDP, SE_BLOCK_C,
+                      SE_ACT, SE_GATE)
         if not POOL:
             for t in tl.static_range(CO_TILES):
                 _project_tile(dbuf, wp_ptr, bp_ptr, res_img, y_img, oy, ox, p_ok, W, WO, t * BLOCK_CO, BLOCK_CO,

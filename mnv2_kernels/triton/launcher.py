@@ -36,6 +36,9 @@ _INTERPRETER_PROGRAMS = 3
 MV2_OPTIONS = dict(K=3, PAD_T=1, PAD_L=1, ACT_EXPAND="relu6", ACT_DW="relu6", ACT_PROJECT="none", HAS_SE=False,
                    POOL=False, SEPARATE_RES=False)
 
+# ... and the chunk kernel's one-launch squeeze-excite options (off).
+MV2_CHUNK_OPTIONS = dict(SE_FUSED=False, SE_ACT="none", SE_GATE="sigmoid", CRDP=16, SE_BLOCK_C=16)
+
 
 class _Config(NamedTuple):
     block_pb: int   # output pixels per depthwise/project tile
@@ -177,6 +180,7 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     kernel = inverted_residual_ring_kernel
     if variant == "chunk":
         del ints["BANDS"], consts["R"], consts["BORDER"]
+        consts.update(MV2_CHUNK_OPTIONS)
         kernel = inverted_residual_chunk_kernel
     return cfg, programs, ints, consts, kernel
 

@@ -56,9 +56,10 @@ def _ex_config(variant: str, cin: int, chid: int, cout: int, h: int, w: int, str
 
 def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int, w: int, stride: int,
                    has_expand: bool, residual: bool, dtype: torch.dtype, sms: int, per_sm: int, fp32_precision: str,
-                   options: dict):
+                   options: dict, se_fused: Optional[tuple] = None):
     """(config, programs, runtime int args, constexprs, kernel) of one launch of the block kernels; ``options``
-    are the generalised constexprs (launcher.MV2_OPTIONS keys)."""
+    are the generalised constexprs (launcher.MV2_OPTIONS keys); ``se_fused`` (se_act, se_gate, Crd): the chunk
+    kernel's one-launch squeeze-excite."""
     k = options["K"]
     cfg = _ex_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, k, options["PAD_T"])
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -82,6 +83,12 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     kernel = inverted_residual_ring_kernel
     if variant == "chunk":
         del ints["BANDS"], consts["R"], consts["BORDER"]
+        consts.update(L.MV2_CHUNK_OPTIONS)
+        if se_fused is not None:                       # (se_act, se_gate, crd): squeeze-excite in this launch
+            se_act, se_gate, crd = se_fused
+            crdp = max(16, L._next_pow2(crd))
+            consts.update(SE_FUSED=True, SE_ACT=se_act, SE_GATE=se_gate, CRDP=crdp,
+                          SE_BLOCK_C=max(16, min(cfg.chunk, 1024 * cfg.num_warps // crdp)))
         kernel = inverted_residual_chunk_kernel
     return cfg, programs, ints, consts, kernel
 
@@ -99,10 +106,11 @@ def _chosen(cin, chid, cout, h, w, stride, has_expand, residual, dtype) -> str:
 def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride: int, has_expand: bool,
                     residual: bool, dtype: torch.dtype, *, k: int = 3, padding: str = "symmetric",
                     act_expand: str = "relu6", act_dw: str = "relu6", act_project: str = "none",
-                    se: bool = False) -> list:
+                    se: bool = False, crd: int = 0, se_act: str = "relu", se_gate: str = "sigmoid") -> list:
     """The launches of one generalised block, GPU-free, for the static sm_90a report: per variant ("ring",
     and "chunk" where the output image fits one tile) one plan per launch ("triton-ex-<variant>", and with
-    squeeze-excite "triton-ex-<variant>-pool" for pass 1), each a dict like launcher.static_plans's (kernel,
+    squeeze-excite on the ring "triton-ex-ring-pool" for pass 1; the chunk kernel does squeeze-excite in its
+    one launch, SE_FUSED), each a dict like launcher.static_plans's (kernel,
     args, constexprs, programs, num_warps, num_stages, trips) plus ``launch`` (which pass) and ``variant``."""
     ptr = "ptr:" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     pad_t, pad_l = pads(padding, H, k, stride), pads(padding, W, k, stride)
@@ -111,12 +119,14 @@ def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stri
     for variant in ("ring", "chunk"):
         if L._variant_config(variant, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype) is None:
             continue
-        passes = [("pool", True), ("block", False)] if se else [("block", False)]
+        fused = (se_act, se_gate, crd or max(1, Chid // 4)) if se and variant == "chunk" else None
+        passes = [("pool", True), ("block", False)] if se and fused is None else [("block", False)]
         for launch, pool in passes:
-            opts = _options(k, pad_t, pad_l, act_expand, act_dw, act_project, se and not pool, pool, False)
+            opts = _options(k, pad_t, pad_l, act_expand, act_dw, act_project, se and fused is None and not pool,
+                            pool, False)
             cfg, programs, ints, consts, kernel = _launch_params(variant, N, Cin, Chid, Cout, H, W, stride,
                                                                  has_expand, residual, dtype, L._H200_SMS,
-                                                                 L._PROGRAMS_PER_SM, "ieee", opts)
+                                                                 L._PROGRAMS_PER_SM, "ieee", opts, fused)
             args = {name: ptr for name in ("x_ptr", "we_ptr", "be_ptr", "wp_ptr", "bp_ptr", "y_ptr", "dbuf_ptr",
                                            "res_ptr", "ring_ptr")}
             args.update(wdw_ptr="ptr:fp32", bdw_ptr="ptr:fp32", gate_ptr="ptr:fp32", pool_ptr="ptr:fp32")
@@ -129,6 +139,20 @@ def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stri
                               num_warps=cfg.num_warps, num_stages=cfg.num_stages, trips=trips, kernel=kernel,
                               args=args, constexprs=consts, config=cfg._asdict()))
     return plans
+
+
+def _pack_se(w_r: torch.Tensor, b_r: torch.Tensor, w_e: torch.Tensor, b_e: torch.Tensor, chs: int, crdp: int
+             ) -> torch.Tensor:
+    """The chunk kernel's packed float32 SE weights (kernel._se_fused): w_r [CRDP, CHS] | b_r [CRDP] |
+    w_e^T [CRDP, CHS] | b_e [CHS], zero-padded from w_r [Crd, Chid], b_r [Crd], w_e [Chid, Crd], b_e [Chid]."""
+    crd, chid = w_r.shape
+    buf = torch.zeros((2 * crdp * chs + crdp + chs,), dtype=torch.float32, device=w_r.device)
+    buf[:crdp * chs].view(crdp, chs)[:crd, :chid] = w_r
+    buf[crdp * chs:crdp * chs + crd] = b_r
+    o = crdp * chs + crdp
+    buf[o:o + crdp * chs].view(crdp, chs)[:crd, :chid] = w_e.t()
+    buf[o + crdp * chs:o + crdp * chs + chid] = b_e
+    return buf
 
 
 def _excite(pooled: torch.Tensor, count: int, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, se_act: str,
@@ -234,12 +258,15 @@ def inverted_residual_ex_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor
             if w_dw_start is not None:
                 h_nhwc = _leading_depthwise(x_nhwc, w_dw_start, b_dw_start, stride_start, padding)
 
+            se_fused = (se_act, se_gate, w_se_reduce.shape[0]) if has_se and variant == "chunk" else None
+
             def launch(pool: bool, gate: Optional[torch.Tensor], pool_buf: Optional[torch.Tensor]):
                 opts = _options(k, pad_t, pad_l, act_expand, act_dw, act_project, gate is not None, pool,
                                 residual and w_dw_start is not None)
                 cfg, programs, ints, consts, kernel = _launch_params(variant, N, Cin, Chid, Cout, H1, W1, stride,
                                                                      has_expand, residual, x.dtype, sms, per_sm,
-                                                                     fp32_precision, opts)
+                                                                     fp32_precision, opts,
+                                                                     None if pool else se_fused)
                 w_dw_t = torch.zeros((k * k, cfg.chs), dtype=torch.float32, device=x.device)   # [K*K, CHS]
                 w_dw_t[:, :Chid] = w_dw.reshape(Chid, k * k).t()
                 b_dw_p = torch.zeros((cfg.chs,), dtype=torch.float32, device=x.device)
@@ -253,6 +280,9 @@ def inverted_residual_ex_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor
                 if pool:
                     pool_buf = torch.zeros((ints["ITEMS"], cfg.chs), dtype=torch.float32, device=x.device)
                 gate_p = w_dw_t
+                if se_fused is not None and not pool:
+                    gate_p = _pack_se(w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, cfg.chs, consts["CRDP"])
+                    pool_buf = torch.empty((programs, cfg.chs), dtype=torch.float32, device=x.device)
                 if gate is not None:
                     gate_p = torch.zeros((N, cfg.chs), dtype=torch.float32, device=x.device)       # [N, CHS]
                     gate_p[:, :Chid] = gate
@@ -261,13 +291,13 @@ def inverted_residual_ex_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor
                     w_expand.contiguous() if has_expand else h_nhwc,
                     b_expand.contiguous() if has_expand else h_nhwc,
                     w_dw_t, b_dw_p, w_project.contiguous(), b_project.contiguous(), y, ring, dbuf,
-                    x_nhwc, gate_p, pool_buf if pool else w_dw_t,
+                    x_nhwc, gate_p, w_dw_t if pool_buf is None else pool_buf,
                     *ints.values(), **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 )
                 return pool_buf
 
             gate = None
-            if has_se:
+            if has_se and se_fused is None:     # ring: pass 1 (pool), the MLP here, pass 2 (gated block)
                 sums = launch(True, None, None)                                  # [N * bands, CHS] float32
                 sums = sums.view(N, -1, sums.shape[-1]).sum(1)[:, :Chid]        # [N, Chid]
                 gate = _excite(sums, Ho * Wo, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, se_act, se_gate)
