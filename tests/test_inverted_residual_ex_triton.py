@@ -266,3 +266,25 @@ def test_static_plans_cover_both_passes():
     assert [p["name"] for p in chunk] == ["triton-ex-chunk"] and chunk[0]["chosen"]
     assert chunk[0]["constexprs"]["SE_FUSED"] and chunk[0]["constexprs"]["CRDP"] == 256
     assert not chunk[0]["constexprs"]["HAS_SE"] and not chunk[0]["constexprs"]["POOL"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: the compiled kernels (skipped without CUDA). Error within twice PyTorch eager's error on the same inputs
+# plus a small floor (fp32 dots are "ieee").
+GPU_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("variant", ["ring", "chunk"])
+@pytest.mark.parametrize("c", CASES + RING_CASES, ids=lambda c: c.id)
+def test_matches_reference_gpu(c, variant, dtype):
+    if variant == "chunk" and c in RING_CASES:
+        pytest.skip("the chunk kernel needs an output image of at most 64 pixels")
+    big = Case(c, n=8)
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in make_args(big, dtype)]
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    y = inverted_residual_ex_triton(*args, variant=variant)
+    ref = reference([a.cpu() if isinstance(a, torch.Tensor) else a for a in args])
+    eager = inverted_residual_ex_reference(*args).cpu()
+    assert rel_err(y.cpu(), ref) <= 2 * rel_err(eager, ref) + GPU_FLOOR[dtype]
