@@ -69,6 +69,24 @@ def test_python_plan_matches_cpp_plan():
             assert c == py, ((n, cin, chid, cout, h, w, s, limit, sms), c, py)
 
 
+def test_python_plan_matches_cpp_plan_for_generalised_blocks():
+    """mnv2_ir_cuda_plan_ex (K x K depthwise, pad rows before) = cuda_plan.plan(kernel=, pad_t=)."""
+    if _ext.CUDA_EXT is None or not hasattr(_ext.CUDA_EXT, "_plan"):
+        pytest.skip(f"the CUDA extension is not built here ({_ext.CUDA_EXT_ERROR}); the plan is C++ only there")
+    try:
+        _ext.CUDA_EXT._plan(1, 8, 8, 8, 7, 7, 1, 1, cp.H200_SMEM_OPTIN, 132, kernel=5, pad_t=2)
+    except TypeError:
+        pytest.skip("the built mnv2_kernels._C_cuda predates the generalised kernel (rebuild the extension)")
+    shapes = _plan_shapes()[::7]
+    for n, cin, chid, cout, h, w, s in shapes:
+        for K in (1, 3, 5, 7, 9):
+            for pt in sorted({K // 2, max(K // 2 - 1, 0)}):
+                for limit, sms in [(cp.H200_SMEM_OPTIN, 132), (101376, 30)]:
+                    c = _ext.CUDA_EXT._plan(n, cin, chid, cout, h, w, s, 1, limit, sms, kernel=K, pad_t=pt)
+                    py = cp.plan(n, cin, chid, cout, h, w, s, True, limit, sms, kernel=K, pad_t=pt)
+                    assert c == py, ((n, cin, chid, cout, h, w, s, K, pt, limit, sms), c, py)
+
+
 def test_plan_fits_and_is_consistent():
     for n, cin, chid, cout, h, w, s in _plan_shapes():
         p = cp.plan(n, cin, chid, cout, h, w, s)
@@ -83,6 +101,13 @@ def test_plan_fits_and_is_consistent():
         assert p["nchunks"] == 1 or p["bands"] == p["steps"], "chunk mode must not carry rows between steps"
         assert 1 <= p["bands"] <= p["steps"] and p["items"] == n * p["bands"]
         assert p["ring_rows"] >= min(h, (p["rows"] - 1) * s + 3)
+    for n, cin, chid, cout, h, w, s in _plan_shapes()[::5]:
+        for K in (1, 5, 9):
+            p = cp.plan(n, cin, chid, cout, h, w, s, kernel=K, pad_t=K // 2)
+            if not p["ok"]:
+                continue
+            assert p["smem"] <= cp.H200_SMEM_OPTIN and (p["nchunks"] == 1 or p["bands"] == p["steps"])
+            assert p["ring_rows"] == min(h, (p["rows"] - 1) * s + max(K, s))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1081,11 +1081,12 @@ cudaError_t launch_typed(const Params& p, unsigned grid, size_t smem, int device
 }
 
 template <typename T>
-cudaError_t launch_se_excite(const Params& p, const mnv2_ir_ex_options& o, int64_t N, cudaStream_t stream) {
+cudaError_t launch_se_excite(const Params& p, const mnv2_ir_ex_options& o, int64_t N, int device,
+                             cudaStream_t stream) {
   const size_t smem = size_t(p.Chid8 + o.se_reduced) * sizeof(float);
   if (smem > 48 * 1024) {
     cudaError_t err = ensure_smem_limit<KernelTag<T, 0, 0, false>>(
-        reinterpret_cast<const void*>(&se_excite_kernel<T>), 0, smem);
+        reinterpret_cast<const void*>(&se_excite_kernel<T>), device, smem);
     if (err != cudaSuccess) return err;
   }
   se_excite_kernel<T><<<unsigned(N), kThreads, smem, stream>>>(
@@ -1223,7 +1224,8 @@ cudaError_t launch_block(mnv2_dtype dtype, const void* x, const void* w_expand, 
   p.se_mode = 1;
   err = run(p);
   if (err != cudaSuccess) return err;
-  err = half ? launch_se_excite<__half>(p, *opt, N, stream) : launch_se_excite<__nv_bfloat16>(p, *opt, N, stream);
+  err = half ? launch_se_excite<__half>(p, *opt, N, device, stream)
+             : launch_se_excite<__nv_bfloat16>(p, *opt, N, device, stream);
   if (err != cudaSuccess) return err;
   p.se_mode = 2;
   return run(p);
