@@ -26,7 +26,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-# name, cin, chid, cout, h (= w), stride, residual, k, padding, act_expand, act_dw, se
+# name, cin, chid, cout, h (= w), stride, residual, k, padding, act_expand, act_dw, se[, leading depthwise k]
 BLOCKS = [
     ("MobileNetV3-L 160-960-160 5x5 hswish SE 7x7", 160, 960, 160, 7, 1, True, 5, "symmetric", "hardswish",
      "hardswish", True),
@@ -39,6 +39,8 @@ BLOCKS = [
      "silu", True),
     ("MNASNet 40-120-40 5x5 relu 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", "relu", False),
     ("MNASNet 24-72-40 5x5 s2 relu 56x56", 24, 72, 40, 56, 2, False, 5, "symmetric", "relu", "relu", False),
+    ("MobileNetV4 UIB ExtraDW 96-384-96 3x3+3x3 relu 14x14", 96, 384, 96, 14, 1, True, 3, "symmetric", "relu",
+     "relu", False, 3),
 ]
 DTYPE_SIZE = dict(fp16=2, bf16=2, fp32=4)
 
@@ -58,10 +60,10 @@ def worker(job_path, out_path):
     lex = importlib.import_module("mnv2_kernels.triton.launcher_ex")
     lmv2 = importlib.import_module("mnv2_kernels.triton.launcher")
     out = dict(triton_version=triton.__version__, plans=[])
-    for name, cin, chid, cout, h, stride, res, k, padding, act_e, act_d, se in BLOCKS:
+    for name, cin, chid, cout, h, stride, res, k, padding, act_e, act_d, se, *start in BLOCKS:
         plans = [dict(p, block=name, kind="ex") for p in lex.static_plans_ex(
             job["batch"], cin, chid, cout, h, h, stride, True, res, dt, k=k, padding=padding, act_expand=act_e,
-            act_dw=act_d, se=se)]
+            act_dw=act_d, se=se, dw_start=start[0] if start else 0)]
         plans += [dict(p, block=name, kind="mv2") for p in lmv2.static_plans(job["batch"], cin, chid, cout, h, h,
                                                                              stride, True, res, dt)]
         for p in plans:
@@ -147,7 +149,8 @@ def main(argv=None):
                 print("      warp-instr/program: " + " ".join(f"{k}={p['mix'][k] * p['num_warps']}" for k in keys)
                       + " | features µs: " + " ".join(f"{k} {v:.0f}" for k, v in feat.items()))
             totals.setdefault((p["kind"], p["variant"]), [0.0, p["chosen"]])[0] += t
-        ex = [(v, t) for (kind, v), (t, ch) in totals.items() if kind == "ex" and ch]
+        extra = sum(t for (kind, v), (t, ch) in totals.items() if kind == "ex" and v == "dwstart")
+        ex = [(v, t + extra) for (kind, v), (t, ch) in totals.items() if kind == "ex" and ch and v != "dwstart"]
         mv = [(v, t) for (kind, v), (t, ch) in totals.items() if kind == "mv2" and ch]
         if ex and mv:
             print(f"   chosen: ex {ex[0][0]} {ex[0][1]:.0f} µs (all launches) vs MobileNetV2-options block {mv[0][1]:.0f} µs: "

@@ -106,16 +106,33 @@ def _chosen(cin, chid, cout, h, w, stride, has_expand, residual, dtype) -> str:
 def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride: int, has_expand: bool,
                     residual: bool, dtype: torch.dtype, *, k: int = 3, padding: str = "symmetric",
                     act_expand: str = "relu6", act_dw: str = "relu6", act_project: str = "none",
-                    se: bool = False, crd: int = 0, se_act: str = "relu", se_gate: str = "sigmoid") -> list:
+                    se: bool = False, crd: int = 0, se_act: str = "relu", se_gate: str = "sigmoid",
+                    dw_start: int = 0, stride_start: int = 1) -> list:
     """The launches of one generalised block, GPU-free, for the static sm_90a report: per variant ("ring",
     and "chunk" where the output image fits one tile) one plan per launch ("triton-ex-<variant>", and with
     squeeze-excite on the ring "triton-ex-ring-pool" for pass 1; the chunk kernel does squeeze-excite in its
     one launch, SE_FUSED), each a dict like launcher.static_plans's (kernel,
     args, constexprs, programs, num_warps, num_stages, trips) plus ``launch`` (which pass) and ``variant``."""
     ptr = "ptr:" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    plans = []
+    if dw_start:    # the leading depthwise (launched first; H, W below are then its output's)
+        h1, w1 = (H - 1) // stride_start + 1, (W - 1) // stride_start + 1
+        cp = L._cdiv(Cin, _DW_BLOCK_C) * _DW_BLOCK_C
+        npix = N * h1 * w1
+        programs = L._cdiv(npix, _DW_BLOCK_P) * (cp // _DW_BLOCK_C)
+        plans.append(dict(name="triton-ex-dwstart", variant="dwstart", launch="dwstart", chosen=True,
+                          backend="triton", programs=programs, num_warps=4, num_stages=3, trips={1: dw_start},
+                          kernel=depthwise_kernel,
+                          args=dict(x_ptr=ptr, w_ptr="ptr:fp32", b_ptr="ptr:fp32", y_ptr=ptr, H=H, W=W, HO=h1, WO=w1,
+                                    NPIX=npix),
+                          constexprs=dict(C=Cin, CP=cp, K=dw_start, STRIDE=stride_start,
+                                          PAD_T=pads(padding, H, dw_start, stride_start),
+                                          PAD_L=pads(padding, W, dw_start, stride_start), BLOCK_P=_DW_BLOCK_P,
+                                          BLOCK_C=_DW_BLOCK_C),
+                          config=dict(block_p=_DW_BLOCK_P, block_c=_DW_BLOCK_C)))
+        H, W = h1, w1
     pad_t, pad_l = pads(padding, H, k, stride), pads(padding, W, k, stride)
     chosen = _chosen(Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype)
-    plans = []
     for variant in ("ring", "chunk"):
         if L._variant_config(variant, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype) is None:
             continue
