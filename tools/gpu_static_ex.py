@@ -26,19 +26,23 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-# name, cin, chid, cout, h (= w), stride, residual, k, padding, act_expand, act_dw, se[, leading depthwise k]
+# name, cin, chid, cout, h (= w), stride, residual, k, padding, act_expand, act_dw, (se_act, se_gate) or False
+# [, leading depthwise k]
 BLOCKS = [
     ("MobileNetV3-L 160-960-160 5x5 hswish SE 7x7", 160, 960, 160, 7, 1, True, 5, "symmetric", "hardswish",
-     "hardswish", True),
+     "hardswish", ("relu", "hardsigmoid")),
     ("MobileNetV3-L 112-672-160 5x5 s2 hswish SE 14x14", 112, 672, 160, 14, 2, False, 5, "symmetric", "hardswish",
-     "hardswish", True),
-    ("MobileNetV3-L 40-120-40 5x5 relu SE 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", "relu", True),
-    ("EfficientNet-B0 40-240-40 5x5 silu SE 28x28", 40, 240, 40, 28, 1, True, 5, "symmetric", "silu", "silu", True),
-    ("EfficientNet-B0 80-480-80 3x3 silu SE 14x14", 80, 480, 80, 14, 1, True, 3, "symmetric", "silu", "silu", True),
+     "hardswish", ("relu", "hardsigmoid")),
+    ("MobileNetV3-L 40-120-40 5x5 relu SE 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", "relu",
+     ("relu", "hardsigmoid")),
+    ("EfficientNet-B0 40-240-40 5x5 silu SE 28x28", 40, 240, 40, 28, 1, True, 5, "symmetric", "silu", "silu", ("silu", "sigmoid")),
+    ("EfficientNet-B0 80-480-80 3x3 silu SE 14x14", 80, 480, 80, 14, 1, True, 3, "symmetric", "silu", "silu", ("silu", "sigmoid")),
     ("tf_EfficientNet-B0 24-144-40 5x5 s2 tf_same silu SE 56x56", 24, 144, 40, 56, 2, False, 5, "tf_same", "silu",
-     "silu", True),
+     "silu", ("silu", "sigmoid")),
     ("MNASNet 40-120-40 5x5 relu 28x28", 40, 120, 40, 28, 1, True, 5, "symmetric", "relu", "relu", False),
     ("MNASNet 24-72-40 5x5 s2 relu 56x56", 24, 72, 40, 56, 2, False, 5, "symmetric", "relu", "relu", False),
+    ("GELU (erf / tanh) 160-640-160 7x7 k7 SE, gelu MLP", 160, 640, 160, 7, 1, True, 7, "symmetric", "gelu",
+     "gelu_tanh", ("gelu", "sigmoid")),
     ("MobileNetV4 UIB ExtraDW 96-384-96 3x3+3x3 relu 14x14", 96, 384, 96, 14, 1, True, 3, "symmetric", "relu",
      "relu", False, 3),
 ]
@@ -63,7 +67,8 @@ def worker(job_path, out_path):
     for name, cin, chid, cout, h, stride, res, k, padding, act_e, act_d, se, *start in BLOCKS:
         plans = [dict(p, block=name, kind="ex") for p in lex.static_plans_ex(
             job["batch"], cin, chid, cout, h, h, stride, True, res, dt, k=k, padding=padding, act_expand=act_e,
-            act_dw=act_d, se=se, dw_start=start[0] if start else 0)]
+            act_dw=act_d, se=bool(se), se_act=se[0] if se else "relu", se_gate=se[1] if se else "sigmoid",
+            dw_start=start[0] if start else 0)]
         plans += [dict(p, block=name, kind="mv2") for p in lmv2.static_plans(job["batch"], cin, chid, cout, h, h,
                                                                              stride, True, res, dt)]
         for p in plans:
