@@ -140,8 +140,9 @@ def phase_ranges(src_path):
     return [(a, starts[k + 1][0] if k + 1 < len(starts) else 10 ** 9, n) for k, (a, n) in enumerate(starts)]
 
 
-def disassemble(cubin, nvdisasm, src_path):
-    """{function: [(addr, opcode, operands, phase)]}, {function: [(start, end)]} (loops from backward branches)."""
+def disassemble(cubin, nvdisasm, src_path, lines_out=None):
+    """{function: [(addr, opcode, operands, phase)]}, {function: [(start, end)]} (loops from backward branches).
+    lines_out (a dict): filled with {function: [this file's line chain of each instruction, innermost first]}."""
     out = subprocess.run([nvdisasm, "-c", "-gi", cubin], capture_output=True, text=True, check=True).stdout
     ranges = phase_ranges(src_path)
     base = os.path.basename(src_path)
@@ -187,6 +188,8 @@ def disassemble(cubin, nvdisasm, src_path):
                 del labels[k]
             op, operands = m.group(3), m.group(4)
             funcs[fn].append((addr, op, operands, phase_of(cur_lines)))
+            if lines_out is not None:
+                lines_out.setdefault(fn, []).append(tuple(cur_lines))
             if op.startswith("BRA"):
                 t = re.search(r"(\.L_x_\d+)", operands)
                 if t:
@@ -196,8 +199,9 @@ def disassemble(cubin, nvdisasm, src_path):
     return funcs, loops
 
 
-def weighted_counts(instrs, loops, sched, has_expand):
-    """Warp-instructions per warp of one CTA (the busiest), and HMMA count, weighted by the schedule's trips."""
+def weighted_counts(instrs, loops, sched, has_expand, weights=None):
+    """Warp-instructions per warp of one CTA (the busiest), and HMMA count, weighted by the schedule's trips.
+    weights: optional per-instruction factors (0 for code a configuration never executes)."""
     loops = sorted(set(loops))
 
     def enclosing(addr):
@@ -230,7 +234,7 @@ def weighted_counts(instrs, loops, sched, has_expand):
         ds = [kdepth[lp] for lp in kloops if lp[0] <= addr <= lp[1]]
         return ktrips[min(max(ds), 2)] if ds else 1
     total, hmma, by_phase = 0.0, 0.0, {}
-    for addr, op, operands, ph in instrs:
+    for idx, (addr, op, operands, ph) in enumerate(instrs):
         encl = [lp for lp in enclosing(addr) if loop_info[lp]["phase"] == ph]
         calls = dict.fromkeys(("load_rows", "expand", "dw", "project", "kernel"), outer_trips(addr))
         if ph == "load_rows":
@@ -262,6 +266,8 @@ def weighted_counts(instrs, loops, sched, has_expand):
                 mult = calls[ph]
         else:
             mult = calls["kernel"]
+        if weights is not None:
+            mult *= weights[idx]
         total += mult
         by_phase[ph] = by_phase.get(ph, 0.0) + mult
         if op.startswith("HMMA"):
@@ -361,12 +367,83 @@ def eager_bytes(cin, chid, cout, h, stride, batch, se, residual, itemsize=2):
     return itemsize * b
 
 
+def branch_lines(src_path):
+    """Line numbers of the generalised kernel's branches in the .cu, by their text: which activation (act_smooth's
+    three forms, act_f2's packed ReLU6 / ReLU and its smooth path) and which squeeze-excite mode (the depthwise's
+    pass-1 pooling block, its pass-2 gate block and store) each line serves."""
+    lines = open(src_path).read().splitlines()
+
+    def find(text, start=0):
+        for i in range(start, len(lines)):
+            if text in lines[i]:
+                return i + 1
+        raise RuntimeError(f"{text!r} not found in {src_path}")
+
+    m = {}
+    m["gelu"] = {find("m = 0.5f * (1.f + erff(v * 0.70710678118654752f));")}
+    m["hardswish"] = {find("m = fminf(fmaxf(v + 3.f, 0.f), 6.f) * (1.f / 6.f);")}
+    z = find("const float z = a == MNV2_ACT_SILU")
+    m["sigmoid"] = {z, z + 1}
+    a0 = find("__device__ __forceinline__ float act_smooth(int a, float v)")
+    m["smooth_any"] = set(range(a0, find("return v * m;", a0) + 1))
+    m["relu6"], m["relu"], m["smooth_f2"] = set(), set(), set()
+    start = 0
+    for _ in range(2):  # Tr<__half>, Tr<__nv_bfloat16>
+        f0 = find("static __device__ __forceinline__ uint32_t act_f2(int act, float a, float b)", start)
+        r6 = find("if (act == MNV2_ACT_RELU6) {", f0)
+        r = find("} else if (act == MNV2_ACT_RELU) {", f0)
+        sm = find("} else if (act != MNV2_ACT_NONE) {", f0)
+        end = find("return *reinterpret_cast<const uint32_t*>(&h);", f0)
+        m["relu6"] |= set(range(r6 + 1, r))
+        m["relu"] |= set(range(r + 1, sm))
+        m["smooth_f2"] |= set(range(sm + 1, end - 1))
+        start = end
+    s1 = find("if (p.se_mode == 1) {  // pass 1")
+    m["se_pass1"] = set(range(s1 + 1, find("continue;", s1) + 1))
+    s2 = find("if (p.se_mode == 2) {  // h * gate")
+    m["se_store"] = set(range(s2, find("if (ox < p.Wo) sts16(sDW", s2) + 1))
+    return m
+
+
+def branch_weight(chain, phase, marks, acts, pass_):
+    """1 when an instruction (its line chain, innermost first) runs for activations `acts` (per phase) and
+    squeeze-excite pass `pass_` (0: none, 1, 2), else 0."""
+    if not chain:
+        return 1.0
+    act = acts.get(phase, "none")
+    inner = chain[0]
+    smooth = act in ("hardswish", "silu", "gelu", "gelu_tanh")
+    form = {"gelu": "gelu", "hardswish": "hardswish", "silu": "sigmoid", "gelu_tanh": "sigmoid"}.get(act)
+    for name in ("gelu", "hardswish", "sigmoid"):
+        if inner in marks[name] and form != name:
+            return 0.0
+    if inner in marks["smooth_any"] and not smooth:
+        return 0.0
+    if any(ln in marks["smooth_f2"] for ln in chain) and not smooth:
+        return 0.0
+    if any(ln in marks["relu6"] for ln in chain) and act != "relu6":
+        return 0.0
+    if any(ln in marks["relu"] for ln in chain) and act != "relu":
+        return 0.0
+    if phase == "dw":
+        if any(ln in marks["se_pass1"] for ln in chain) and pass_ != 1:
+            return 0.0
+        if any(ln in marks["se_store"] for ln in chain) and pass_ == 1:
+            return 0.0
+    return 1.0
+
+
+args_all_branches = False
+
+
 def predict_ex(cubin, regs_by_symbol, batch=256, dtype="float16"):
     """Static prediction of the generalised kernel (mnv2_ir_ex_kernel) on EX_BLOCKS: the issue model of predict()
     on its SASS, weighted by the plan's trip counts (the depthwise's tap loops by K, the weight staging's tap loop
     by K^2); with squeeze-excite, pass 1 (expand + depthwise + pool, no project) + pass 2 (everything). Both sides of
     every branch are counted: the epilogues hold all smooth activations (GELU, hardswish, sigmoid forms) and both
-    squeeze-excite modes, so the issue time is an upper bound. Eager: no GPU measurement of these blocks exists; the
+    squeeze-excite modes: with --all-branches that upper bound is printed, by default the instructions of the branches
+    a block never takes (other activations, the other squeeze-excite mode; found by their source lines) are not
+    counted. Eager: no GPU measurement of these blocks exists; the
     estimate is the DRAM floor of the unfused block (eager_bytes / 4.3 TB/s) times the median measured / floor ratio
     of the 12 MobileNetV2 blocks (RESULTS.md)."""
     cp = load_cuda_plan()
@@ -374,11 +451,13 @@ def predict_ex(cubin, regs_by_symbol, batch=256, dtype="float16"):
     if nvdisasm is None:
         print("cuda_build_check: nvdisasm not found (CUDA toolkit or Triton's bundled copy)", file=sys.stderr)
         return 2
-    funcs, loops = disassemble(cubin, nvdisasm, SOURCE)
+    chains = {}
+    funcs, loops = disassemble(cubin, nvdisasm, SOURCE, lines_out=chains)
     tname = "__half" if dtype == "float16" else "__nv_bfloat16"
     fn = [f for f in funcs if f"mnv2_ir_ex_kernelI{len(tname)}{tname}E" in f]
     assert len(fn) == 1, list(funcs)
     fn = fn[0]
+    marks = branch_lines(SOURCE)
     ratios = sorted(eager / (eager_bytes(cin, chid, cout, h, s, batch, False, res) / H200["dram_Bps"] * 1e6)
                     for _, cin, chid, cout, h, s, res, _, eager in BLOCKS)
     eager_factor = ratios[len(ratios) // 2]
@@ -388,14 +467,20 @@ def predict_ex(cubin, regs_by_symbol, batch=256, dtype="float16"):
         cin8, chid8, cout8 = cp.kernel_channels(cin, chid, cout, True)
         pt = cp.pads(h, k, s, padding)[0]
         p = cp.plan(batch, cin8, chid8, cout8, h, h, s, True, kernel=k, pad_t=pt)
-        total_issue, total_tc = 0.0, 0.0
+        total_issue, total_tc, phases = 0.0, 0.0, {}
         for pass_ in ((1, 2) if se else (0,)):
             sc = cp.schedule(batch, cin8, chid8, cout8, h, h, s, p, kernel=k, pad_t=pt)
             sc["stage"] = math.ceil(p["chunk"] / cp.THREADS) * (sc["chunks"] if p["nchunks"] > 1 else 1)
             sc["ksize"] = k
             if pass_ == 1:
                 sc["proj_tiles"] = 0
-            per_warp, hmma_w, _, _ = weighted_counts(funcs[fn], loops[fn], sc, True)
+            w = None
+            if not args_all_branches:
+                w = [branch_weight(ch, ins[3], marks, dict(expand=act, dw=act, project="none"), pass_)
+                     for ch, ins in zip(chains[fn], funcs[fn])]
+            per_warp, hmma_w, by_phase, _ = weighted_counts(funcs[fn], loops[fn], sc, True, weights=w)
+            for k_, v_ in by_phase.items():
+                phases[k_] = phases.get(k_, 0.0) + v_
             ctas_on_sm = min(p["ctas_per_sm"], math.ceil(p["grid"] / H200["sms"]))
             total_issue += ctas_on_sm * per_warp * cp.WARPS / 4 / clk_per_us
             total_tc += ctas_on_sm * hmma_w * cp.WARPS * 4096 / H200["hmma_flop_per_clk"] / clk_per_us
@@ -404,17 +489,20 @@ def predict_ex(cubin, regs_by_symbol, batch=256, dtype="float16"):
         dram_us = fused / H200["dram_Bps"] * 1e6
         pred = max(CALIBRATION * total_issue, total_tc, dram_us)
         eager = eager_factor * eager_bytes(cin, chid, cout, h, s, batch, bool(se), res) / H200["dram_Bps"] * 1e6
-        rows.append((name, p, total_issue, dram_us, pred, eager))
+        tot = sum(phases.values()) or 1.0
+        rows.append((name, p, total_issue, dram_us, pred, eager, {k_: v_ / tot for k_, v_ in phases.items()}))
     regs = regs_by_symbol.get(fn)
     print(f"\nstatic prediction of the generalised kernel {demangle([fn])[fn]} ({regs} registers), H200, batch {batch}, "
-          f"{dtype}, channels_last; predicted = max({CALIBRATION} x issue (upper bound: every branch counted), tensor "
+          f"{dtype}, channels_last; predicted = max({CALIBRATION} x issue ("
+          f"{'every branch counted: an upper bound' if args_all_branches else 'branches the block takes'}), tensor "
           f"floor, DRAM floor); SE = pass 1 + pass 2; eager estimate = unfused DRAM floor x {eager_factor:.2f} (median "
           f"measured / floor of the MobileNetV2 blocks):")
     print(f"{'block':<58} {'R':>3} {'HC':>4} {'chunks':>6} {'CTA/SM':>6} {'issue us':>8} {'dram us':>7} "
-          f"{'pred us':>7} {'eager~ us':>9} {'speed-up':>8}")
-    for name, p, iss, dram, pred, eager in rows:
+          f"{'pred us':>7} {'eager~ us':>9} {'speed-up':>8}  phases")
+    for name, p, iss, dram, pred, eager, ph in rows:
+        phs = " ".join(f"{k_}:{v_:.0%}" for k_, v_ in sorted(ph.items(), key=lambda kv: -kv[1]))
         print(f"{name:<58} {p['rows']:>3} {p['chunk']:>4} {p['nchunks']:>6} {p['ctas_per_sm']:>6} {iss:>8.1f} "
-              f"{dram:>7.1f} {pred:>7.1f} {eager:>9.1f} {eager / pred:>7.2f}x")
+              f"{dram:>7.1f} {pred:>7.1f} {eager:>9.1f} {eager / pred:>7.2f}x  {phs}")
     g = math.exp(sum(math.log(r[5] / r[4]) for r in rows) / len(rows))
     print(f"geometric mean predicted speed-up over the eager estimate: {g:.2f}x")
     return 0
@@ -425,10 +513,14 @@ def main():
     ap.add_argument("--nvcc", default=os.environ.get("NVCC", "nvcc"), help="nvcc to use (default: nvcc on PATH)")
     ap.add_argument("--predict", action="store_true", help="static H200 prediction per MobileNetV2 block")
     ap.add_argument("--json", help="with --predict: write the prediction table as JSON here")
+    ap.add_argument("--all-branches", action="store_true",
+                    help="with --predict-ex: count every branch of the epilogues (an upper bound)")
     ap.add_argument("--predict-ex", action="store_true",
                     help="static H200 prediction of the generalised kernel (issue 13) on the zoo's blocks")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
+    global args_all_branches
+    args_all_branches = args.all_branches
 
     nvcc = shutil.which(args.nvcc) or (args.nvcc if os.path.isfile(args.nvcc) else None)
     if nvcc is None:
