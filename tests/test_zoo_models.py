@@ -281,3 +281,17 @@ def test_timm_mobilenetv3_stem_fold_survives_save_and_load(tmp_path):
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_traced_path_computes_the_same(monkeypatch):
+    # what torch.compile / torch.export capture (the op on folded weights, then the split_pw tail), without
+    # paying for a compile: the modules' "compiling" branch, taken directly
+    block = _rand(RepDepthwiseSeparable(16, 24, stride=2, dw_kernel_size=5, use_rep=True, use_se=True,
+                                        split_pw=True))
+    fused = FoldedInvertedResidual.from_module(block)
+    x = torch.randn(2, 16, 10, 9)
+    with torch.no_grad():
+        ref = block(x)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        got = fused(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
