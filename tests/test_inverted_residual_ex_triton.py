@@ -156,6 +156,16 @@ def test_chunk_squeeze_excite_in_one_launch_over_several_images_per_program():
 
 
 @interpreter_only
+def test_chunk_squeeze_excite_on_a_larger_image():
+    """Squeeze-excite blocks of up to 256 output pixels take the chunk kernel (one launch): a 128-pixel tile,
+    projected in 64-pixel sub-tiles, 2 images over 3 programs."""
+    from mnv2_kernels.triton import launcher_ex
+    c = RING_CASES[0]
+    assert launcher_ex._chosen(8, 16, 8, 7, 17, 1, True, True, torch.float32, True) == "chunk"
+    check(c, "chunk")
+
+
+@interpreter_only
 @pytest.mark.parametrize("variant", ["ring", "chunk"])
 @pytest.mark.parametrize("c", [CASES[2], CASES[5]], ids=lambda c: c.id)
 def test_float16(c, variant):
@@ -238,8 +248,9 @@ def test_errors():
     args = make_args(c)
     with pytest.raises(ValueError, match="variant must be one of"):
         inverted_residual_ex_triton(*args, variant="gather")
-    big = make_args(RING_CASES[0])
-    with pytest.raises(ValueError, match="variant 'chunk' needs an output image of at most 64 pixels, got 7x17"):
+    big = make_args(RING_CASES[1])
+    with pytest.raises(ValueError, match=r"variant 'chunk' needs an output image of at most 64 pixels \(256 with "
+                                         r"squeeze-excite\), got 5x20"):
         inverted_residual_ex_triton(*big, variant="chunk")
     bad = list(args)
     bad[14] = "swish"
@@ -256,10 +267,14 @@ def test_static_plans_cover_both_passes():
     plans = static_plans_ex(256, 40, 240, 40, 14, 14, 1, True, True, torch.float16, k=5, padding="symmetric",
                             act_expand="silu", act_dw="silu", se=True)
     names = {p["name"] for p in plans}
-    assert {"triton-ex-ring", "triton-ex-ring-pool"} <= names
+    assert names == {"triton-ex-ring", "triton-ex-ring-pool", "triton-ex-chunk"}
     for p in plans:
         assert p["constexprs"]["K"] == 5 and p["constexprs"]["POOL"] == p["name"].endswith("-pool")
-        assert p["constexprs"]["HAS_SE"] == (not p["name"].endswith("-pool"))
+        if p["variant"] == "ring":
+            assert p["constexprs"]["HAS_SE"] == (not p["name"].endswith("-pool")) and not p["chosen"]
+        else:   # 14x14: one 256-pixel tile, SE in the one launch, the project in 64-pixel sub-tiles
+            assert p["chosen"] and p["constexprs"]["SE_FUSED"] and not p["constexprs"]["HAS_SE"]
+            assert p["constexprs"]["BLOCK_PB"] == 256 and p["constexprs"]["PROJ_PB"] == 64
     # 7x7 output: the chunk kernel does squeeze-excite in its one launch
     plans = static_plans_ex(256, 160, 960, 160, 7, 7, 1, True, True, torch.float16, k=5, se=True, crd=240)
     chunk = [p for p in plans if p["variant"] == "chunk"]

@@ -429,6 +429,9 @@ def inverted_residual_chunk_kernel(
     SE_GATE: tl.constexpr = "sigmoid",  # SE gate (SE_FUSED)
     CRDP: tl.constexpr = 16,            # SE reduced channels, padded to a power of two >= 16 (SE_FUSED)
     SE_BLOCK_C: tl.constexpr = 16,      # channels per SE MLP step (power of two dividing CHUNK)
+    PROJ_PB: tl.constexpr = 0,  # 0: project the whole BLOCK_PB tile at once; else in sub-tiles of PROJ_PB pixels
+                                #   (tiles of 128 / 256 pixels, for the one-launch SE of 14x14 images)
+    DW_STATIC_K: tl.constexpr = 3,  # depthwise rows unrolled when K <= DW_STATIC_K, else a loop over rows
 ):
     """The "chunk" variant, for images whose whole output fits one tile (e.g. 7x7): an item is one image, and
     the ring holds one chunk of expanded channels of the whole image (with its zero border) at a time:
@@ -502,7 +505,7 @@ def inverted_residual_chunk_kernel(
                     tl.store(ring + s_off[:, None] + c_ar[None, :], h.to(RING_T), mask=qa_ok[:, None])
                 tl.debug_barrier()                    # the chunk, written by all threads, is visible
             d = tl.zeros((BLOCK_PB, CHUNK), dtype=tl.float32)
-            if K <= 3:
+            if K <= DW_STATIC_K:
                 for ky in tl.static_range(K):
                     d = _dw_chunk_row(d, ring, tap0, x_img, wdw_ptr, c, c_ar, oy, ox, ky, WS, H, W, CIN, CHS, CHUNK,
                                       STRIDE, PAD_T, PAD_L, K, HAS_EXPAND)
@@ -524,12 +527,27 @@ def inverted_residual_chunk_kernel(
             _se_fused(dbuf, pool_ptr + pid.to(tl.int64) * CHS, gate_ptr, npb, BLOCK_PB, CHS, CRDP, SE_BLOCK_C,
                       SE_ACT, SE_GATE)
         if not POOL:
-            for t in tl.static_range(CO_TILES):
-                _project_tile(dbuf, wp_ptr, bp_ptr, res_img, y_img, oy, ox, p_ok, W, WO, t * BLOCK_CO, BLOCK_CO,
-                              BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION, ACT_PROJECT)
-            if CO_REST > 0:
-                _project_tile(dbuf, wp_ptr, bp_ptr, res_img, y_img, oy, ox, p_ok, W, WO, CO_TILES * BLOCK_CO,
-                              CO_REST, BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION, ACT_PROJECT)
+            if PROJ_PB == 0:
+                for t in tl.static_range(CO_TILES):
+                    _project_tile(dbuf, wp_ptr, bp_ptr, res_img, y_img, oy, ox, p_ok, W, WO, t * BLOCK_CO, BLOCK_CO,
+                                  BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION, ACT_PROJECT)
+                if CO_REST > 0:
+                    _project_tile(dbuf, wp_ptr, bp_ptr, res_img, y_img, oy, ox, p_ok, W, WO, CO_TILES * BLOCK_CO,
+                                  CO_REST, BLOCK_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL, DOT_PRECISION,
+                                  ACT_PROJECT)
+            else:
+                for s0 in range(0, npb, PROJ_PB):     # sub-tiles of the image's dbuf rows
+                    qs = s0 + tl.arange(0, PROJ_PB)
+                    ps_ok = qs < npb
+                    pcs = tl.minimum(qs, npb - 1)
+                    for t in tl.static_range(CO_TILES):
+                        _project_tile(dbuf + s0 * CHS, wp_ptr, bp_ptr, res_img, y_img, pcs // WO, pcs % WO, ps_ok,
+                                      W, WO, t * BLOCK_CO, BLOCK_CO, PROJ_PB, CHUNK, CHS, CIN, CHID, COUT, RESIDUAL,
+                                      DOT_PRECISION, ACT_PROJECT)
+                    if CO_REST > 0:
+                        _project_tile(dbuf + s0 * CHS, wp_ptr, bp_ptr, res_img, y_img, pcs // WO, pcs % WO, ps_ok,
+                                      W, WO, CO_TILES * BLOCK_CO, CO_REST, PROJ_PB, CHUNK, CHS, CIN, CHID, COUT,
+                                      RESIDUAL, DOT_PRECISION, ACT_PROJECT)
             tl.debug_barrier()                        # dbuf was read before the next image rewrites it
 
 

@@ -37,7 +37,8 @@ MV2_OPTIONS = dict(K=3, PAD_T=1, PAD_L=1, ACT_EXPAND="relu6", ACT_DW="relu6", AC
                    POOL=False, SEPARATE_RES=False)
 
 # ... and the chunk kernel's one-launch squeeze-excite options (off).
-MV2_CHUNK_OPTIONS = dict(SE_FUSED=False, SE_ACT="none", SE_GATE="sigmoid", CRDP=16, SE_BLOCK_C=16)
+MV2_CHUNK_OPTIONS = dict(SE_FUSED=False, SE_ACT="none", SE_GATE="sigmoid", CRDP=16, SE_BLOCK_C=16, PROJ_PB=0,
+                         DW_STATIC_K=3)
 
 
 class _Config(NamedTuple):

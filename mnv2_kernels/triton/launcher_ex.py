@@ -40,11 +40,40 @@ def pads(padding: str, size: int, k: int, stride: int) -> int:
     return tf_same_pads(size, k, stride)[0]
 
 
+_SE_CHUNK_PIXELS = 256   # output images up to this many pixels run squeeze-excite blocks on the chunk kernel
+
+
+def _chunk_config(cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool, residual: bool,
+                  dtype: torch.dtype, se: bool) -> Optional[L._Config]:
+    """The chunk kernel's configuration: launcher.py's (output images of <= 64 pixels), or, for squeeze-excite
+    blocks, images of up to _SE_CHUNK_PIXELS output pixels in one tile of 128 / 256 (8 warps, channel chunks of
+    <= 32, the project in 64-pixel sub-tiles), so that the SE runs in one launch; None when it does not apply."""
+    cfg = L._pick_chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    if cfg is not None or not se or ho * wo > _SE_CHUNK_PIXELS:
+        return cfg
+    r = L._pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)   # 64-pixel project tiles
+    if cin > 64:
+        r = r._replace(block_k=32, k_steps=L._cdiv(cin, 32))
+    block_pb = L._next_pow2(ho * wo)
+    chunk = min(r.chunk, 32)
+    return r._replace(block_pb=block_pb, rows=ho, ring=(ho - 1) * stride + 3, chunk=chunk,
+                      chs=L._cdiv(chid, chunk) * chunk, num_warps=8,
+                      block_pa=max(64, min(64 if dtype == torch.float32 else 128, L._next_pow2(h * w))))
+
+
+def _variant_cfg(variant: str, cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
+                 residual: bool, dtype: torch.dtype, se: bool = False) -> Optional[L._Config]:
+    if variant == "ring":
+        return L._pick_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    return _chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype, se)
+
+
 def _ex_config(variant: str, cin: int, chid: int, cout: int, h: int, w: int, stride: int, has_expand: bool,
-               residual: bool, dtype: torch.dtype, k: int, pad_t: int) -> Optional[L._Config]:
-    """launcher.py's configuration for the shape, with the ring rows a k x k depthwise needs (None: the variant
-    does not apply to the shape)."""
-    cfg = L._variant_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+               residual: bool, dtype: torch.dtype, k: int, pad_t: int, se: bool = False) -> Optional[L._Config]:
+    """The launch configuration for the shape (launcher.py's, the chunk kernel's for squeeze-excite), with the
+    ring rows a k x k depthwise needs (None: the variant does not apply to the shape)."""
+    cfg = _variant_cfg(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, se)
     if cfg is None:
         return None
     if variant == "ring":
@@ -61,7 +90,8 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     are the generalised constexprs (launcher.MV2_OPTIONS keys); ``se_fused`` (se_act, se_gate, Crd): the chunk
     kernel's one-launch squeeze-excite."""
     k = options["K"]
-    cfg = _ex_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, k, options["PAD_T"])
+    cfg = _ex_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, k, options["PAD_T"],
+                     se_fused is not None)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     bands = L._cdiv(ho, cfg.rows) if variant == "ring" else 1
     items = n * bands
@@ -84,6 +114,8 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     if variant == "chunk":
         del ints["BANDS"], consts["R"], consts["BORDER"]
         consts.update(L.MV2_CHUNK_OPTIONS)
+        if cfg.block_pb > 64:     # project in 64-pixel sub-tiles; depthwise rows in a loop (9 taps in flight spill)
+            consts.update(PROJ_PB=64, DW_STATIC_K=1)
         if se_fused is not None:                       # (se_act, se_gate, crd): squeeze-excite in this launch
             se_act, se_gate, crd = se_fused
             crdp = max(16, L._next_pow2(crd))
@@ -99,8 +131,10 @@ def _options(k: int, pad_t: int, pad_l: int, act_expand: str, act_dw: str, act_p
                 HAS_SE=has_se, POOL=pool, SEPARATE_RES=separate_res)
 
 
-def _chosen(cin, chid, cout, h, w, stride, has_expand, residual, dtype) -> str:
-    return L._chosen_variant(cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+def _chosen(cin, chid, cout, h, w, stride, has_expand, residual, dtype, se=False) -> str:
+    """"chunk" where it applies (launcher.py's rule; with squeeze-excite up to _SE_CHUNK_PIXELS output pixels,
+    where it saves the second pass), else "ring"."""
+    return "chunk" if _chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype, se) else "ring"
 
 
 def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stride: int, has_expand: bool,
@@ -132,9 +166,9 @@ def static_plans_ex(N: int, Cin: int, Chid: int, Cout: int, H: int, W: int, stri
                           config=dict(block_p=_DW_BLOCK_P, block_c=_DW_BLOCK_C)))
         H, W = h1, w1
     pad_t, pad_l = pads(padding, H, k, stride), pads(padding, W, k, stride)
-    chosen = _chosen(Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype)
+    chosen = _chosen(Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype, se)
     for variant in ("ring", "chunk"):
-        if L._variant_config(variant, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype) is None:
+        if _variant_cfg(variant, Cin, Chid, Cout, H, W, stride, has_expand, residual, dtype, se) is None:
             continue
         fused = (se_act, se_gate, crd or max(1, Chid // 4)) if se and variant == "chunk" else None
         passes = [("pool", True), ("block", False)] if se and fused is None else [("block", False)]
@@ -250,10 +284,10 @@ def inverted_residual_ex_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor
     H1, W1 = (H - 1) // stride_start + 1, (W - 1) // stride_start + 1
     Chid, k = w_dw.shape[0], w_dw.shape[-1]
     has_expand, has_se = w_expand is not None, w_se_reduce is not None
-    if variant == "chunk" and L._pick_chunk_config(Cin, Chid, Cout, H1, W1, stride, has_expand, residual,
-                                                   x.dtype) is None:
-        raise ValueError(_PREFIX + f"variant 'chunk' needs an output image of at most 64 pixels, got {Ho}x{Wo}; "
-                         "use variant='auto' or 'ring'")
+    if variant == "chunk" and _chunk_config(Cin, Chid, Cout, H1, W1, stride, has_expand, residual, x.dtype,
+                                            has_se) is None:
+        raise ValueError(_PREFIX + f"variant 'chunk' needs an output image of at most 64 pixels ({_SE_CHUNK_PIXELS} "
+                         f"with squeeze-excite), got {Ho}x{Wo}; use variant='auto' or 'ring'")
     if fp32_precision not in L._FP32_PRECISIONS:
         raise ValueError(_PREFIX + f"fp32_precision must be one of {L._FP32_PRECISIONS}, got {fp32_precision!r}")
     L.check_device(x, _PREFIX)
@@ -267,7 +301,7 @@ def inverted_residual_ex_triton(x: torch.Tensor, w_expand: Optional[torch.Tensor
         sms, per_sm = ((torch.cuda.get_device_properties(x.device).multi_processor_count, L._PROGRAMS_PER_SM)
                        if x.is_cuda else (L._INTERPRETER_PROGRAMS, 1))
         if variant == "auto":
-            variant = _chosen(Cin, Chid, Cout, H1, W1, stride, has_expand, residual, x.dtype)
+            variant = _chosen(Cin, Chid, Cout, H1, W1, stride, has_expand, residual, x.dtype, has_se)
         pad_t, pad_l = pads(padding, H1, k, stride), pads(padding, W1, k, stride)
         with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
             x_nhwc = x.contiguous(memory_format=torch.channels_last)
