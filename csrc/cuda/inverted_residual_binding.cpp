@@ -150,6 +150,54 @@ at::Tensor pad_vec(const at::Tensor& b, int64_t n8) {
   return aligned(at::constant_pad_nd(b.contiguous(), {0, n8 - b.size(0)}));
 }
 
+at::Tensor ex_act(const at::Tensor& t, int code) {
+  switch (code) {
+    case MNV2_ACT_RELU6: return at::clamp(t, 0.0, 6.0);
+    case MNV2_ACT_RELU: return at::relu(t);
+    case MNV2_ACT_HARDSWISH: return at::hardswish(t);
+    case MNV2_ACT_SILU: return at::silu(t);
+    case MNV2_ACT_GELU: return at::gelu(t);
+    case MNV2_ACT_GELU_TANH: return at::gelu(t, "tanh");
+    case MNV2_GATE_SIGMOID: return at::sigmoid(t);
+    case MNV2_GATE_HARDSIGMOID: return at::hardsigmoid(t);
+    default: return t;
+  }
+}
+
+at::Tensor ex_depthwise(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b, int64_t s, bool tf) {
+  const int64_t k = w.size(-1);
+  const auto ph = axis_pads(h.size(2), k, s, tf), pw = axis_pads(h.size(3), k, s, tf);
+  const at::Tensor hp = at::constant_pad_nd(h, {pw.first, pw.second, ph.first, ph.second});
+  const int64_t st[2] = {s, s}, zero[2] = {0, 0}, one[2] = {1, 1};
+  return at::conv2d(hp, w.unsqueeze(1), b, at::IntArrayRef(st, 2), at::IntArrayRef(zero, 2), at::IntArrayRef(one, 2),
+                    w.size(0));
+}
+
+// The block with ATen ops (reference.inverted_residual_ex_reference, op for op) for what the kernel does not serve:
+// float32 / float64 CUDA tensors, shapes whose image row does not fit shared memory. Inputs validated.
+at::Tensor ex_reference_aten(const at::Tensor& x, const c10::optional<at::Tensor>& w_expand,
+                             const c10::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                             const c10::optional<at::Tensor>& w_se_reduce, const c10::optional<at::Tensor>& b_se_reduce,
+                             const c10::optional<at::Tensor>& w_se_expand, const c10::optional<at::Tensor>& b_se_expand,
+                             const at::Tensor& w_project, const at::Tensor& b_project, int64_t stride, bool residual,
+                             int a_exp, int a_dw, bool tf, int a_se, int a_gate, int a_proj,
+                             const c10::optional<at::Tensor>& w_dw_start, const c10::optional<at::Tensor>& b_dw_start,
+                             int64_t stride_start) {
+  at::Tensor h = x;
+  if (given(w_dw_start)) h = ex_depthwise(h, *w_dw_start, *b_dw_start, stride_start, tf);
+  if (given(w_expand)) h = ex_act(at::conv2d(h, w_expand->unsqueeze(-1).unsqueeze(-1), *b_expand), a_exp);
+  h = ex_act(ex_depthwise(h, w_dw, b_dw, stride, tf), a_dw);
+  if (given(w_se_reduce)) {
+    at::Tensor sq = h.mean({2, 3}, true);
+    sq = ex_act(at::conv2d(sq, w_se_reduce->unsqueeze(-1).unsqueeze(-1), *b_se_reduce), a_se);
+    sq = ex_act(at::conv2d(sq, w_se_expand->unsqueeze(-1).unsqueeze(-1), *b_se_expand), a_gate);
+    h = h * sq;
+  }
+  at::Tensor y = ex_act(at::conv2d(h, w_project.unsqueeze(-1).unsqueeze(-1), b_project), a_proj);
+  if (residual) y = y + x;
+  return y.contiguous(mnv2::wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
 at::Tensor inverted_residual_ex_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& w_expand,
                                      const c10::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
                                      const at::Tensor& b_dw, const c10::optional<at::Tensor>& w_se_reduce,
@@ -230,17 +278,22 @@ at::Tensor inverted_residual_ex_cuda(const at::Tensor& x, const c10::optional<at
                     "padding must be one of symmetric, tf_same, got '", pad, "'");
   const bool tf = pad == "tf_same";
   TORCH_CHECK(x.is_cuda(), EX_PREFIX, "the CUDA kernel needs x on a CUDA device, got x on ", x.device());
-  mnv2::check_kernel_dtype("CUDA", x, {at::kHalf, at::kBFloat16});
-  TORCH_CHECK_VALUE(Cin >= 1 && Chid >= 1, EX_PREFIX,
-                    "the CUDA kernel needs at least one input and one hidden channel, got ", Cin, " input and ", Chid,
-                    " hidden channels");
   const int64_t Ho = (H1 - 1) / stride + 1, Wo = (W1 - 1) / stride + 1;
+  const c10::cuda::CUDAGuard guard0(x.device());
+  // What the kernel does not serve still computes (as ops.py's reference would for these tensors): float32 /
+  // float64, no channels, an image row too wide for shared memory (below). backends.EX_SUPPORT["cuda"] never
+  // routes such calls here; this is for direct torch.ops calls (and torch.compile's traced graphs).
+  auto reference = [&]() {
+    return ex_reference_aten(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand,
+                             w_project, b_project, stride, residual, a_exp, a_dw, tf, a_se, a_gate, a_proj,
+                             w_dw_start, b_dw_start, stride_start);
+  };
+  if (x.scalar_type() != at::kHalf && x.scalar_type() != at::kBFloat16) return reference();
+  if (Cin < 1 || Chid < 1) return reference();
 
-  const c10::cuda::CUDAGuard guard(x.device());
   const auto out_format = mnv2::wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (N == 0 || Cout == 0) return at::empty({N, Cout, Ho, Wo}, x.options().memory_format(out_format));
-  TORCH_CHECK(H * W <= int64_t(INT32_MAX), EX_PREFIX, "the CUDA kernel indexes the pixels of one image with 32-bit ",
-              "integers, got a ", H, "x", W, " image (more than 2^31 - 1 pixels); use backend='triton' or split the image");
+  if (H * W > int64_t(INT32_MAX)) return reference();  // the kernel indexes one image's pixels with int
 
   const at::ScalarType st = x.scalar_type();
   const mnv2_dtype dt = st == at::kHalf ? MNV2_DTYPE_FLOAT16 : MNV2_DTYPE_BFLOAT16;
@@ -250,13 +303,7 @@ at::Tensor inverted_residual_ex_cuda(const at::Tensor& x, const c10::optional<at
   mnv2_ir_plan plan;
   mnv2_ir_cuda_plan_ex(N, cin8, chid8, cout8, H1, W1, int(stride), int(K), ph.first, has_expand ? 1 : 0,
                        int64_t(props->sharedMemPerBlockOptin), props->multiProcessorCount, &plan);
-  TORCH_CHECK(plan.ok, EX_PREFIX, "the CUDA kernel cannot run a block with ", Cin, " -> ", Chid, " -> ", Cout,
-              " channels, ", K, "x", K, " depthwise, stride ", stride, ", on ", H1, "x", W1, " images: even one image ",
-              "row needs more than the ", props->sharedMemPerBlockOptin, " bytes of shared memory per CTA of ",
-              x.device(), "; use backend='triton' or backend='reference' for this block");
-  TORCH_CHECK(!se || (chid8 + Crd) * 4 <= 200 * 1024, EX_PREFIX, "the CUDA kernel's squeeze-excite needs ",
-              (chid8 + Crd) * 4, " bytes of shared memory (", chid8, " + ", Crd, " floats), more than 200 KB; use ",
-              "backend='reference' for this block");
+  if (!plan.ok || (se && (chid8 + Crd) * 4 > 200 * 1024)) return reference();  // a row / the excite MLP too wide
 
   at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   if (cin8 != Cin)
