@@ -63,7 +63,7 @@ def inverted_residual_ex_cpu(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_s
 
 def set_se_scratch_bytes(nbytes: int) -> int:
     """Squeeze-excite blocks: one image's depthwise output ([Ho*Wo, Chid] float32) stays in the thread's scratch
-    (one pass) up to ``nbytes`` (default 1 MiB, env MNV2_CPU_SE_SCRATCH_BYTES), else the kernel runs two passes
+    (one pass) up to ``nbytes`` (default 4 MiB, env MNV2_CPU_SE_SCRATCH_BYTES), else the kernel runs two passes
     (the second recomputes expand + depthwise). Returns the previous value. For tests and benchmarks."""
     return _ext.CPU_EXT.set_se_scratch_bytes(int(nbytes))
 
