@@ -468,6 +468,19 @@ def _sanitize_main(tiny):
             err, eager = _check_accuracy(got, args, _cfg_id(cfg))
             worst = max(worst, err / max(eager, 1e-12))
             print(f"{str(dt):15s} {_cfg_id(cfg):40s} err {err:.3g} eager {eager:.3g}")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("mnv2::inverted_residual_ex", "CUDA"):
+        # the generalised kernel: K 1-9, tf_same, SE (pool atomics, excite MLP, pass 2), leading depthwise
+        for dt in DTYPES:
+            for name, kw in EX_GPU_CONFIGS:
+                kw = dict(kw)
+                if tiny:
+                    kw.update(n=1, h=min(kw.get("h", 14), 9), w=min(kw.get("w", 14), 9))
+                args = _ex_args_gpu(dtype=dt, seed=1, **kw)
+                got = ops.inverted_residual_ex(*args, backend="cuda")
+                torch.cuda.synchronize()
+                err, eager = _check_ex_accuracy(got, args, name)
+                worst = max(worst, err / max(eager, 1e-12))
+                print(f"{str(dt):15s} ex {name:37s} err {err:.3g} eager {eager:.3g}")
     print(f"OK, worst err/eager ratio {worst:.2f}")
 
 
