@@ -51,6 +51,9 @@ none, no squeeze-excite), which compile to the same code as before:
                        depthwise output (pool_ptr), no dbuf, no project, no output
     SEPARATE_RES       the residual comes from res_ptr (the block's input when a leading depthwise, run by
                        depthwise_kernel below, produced x_ptr)
+    SE_FUSED, SE_ACT, SE_GATE, CRDP, SE_BLOCK_C (chunk kernel only): squeeze-excite in the one launch (_se_fused:
+                       the image's depthwise output is all in dbuf); PROJ_PB, DW_STATIC_K: tiles of 128 / 256
+                       pixels (project in sub-tiles, depthwise rows in a loop)
 The ring keeps HALO = K // 2 zero columns on each side (width W + 2 * HALO) and RING >= (R - 1) * STRIDE + K rows.
 """
 import triton

@@ -5,10 +5,12 @@ and "chunk" variants, same configuration choice as launcher.py) with their gener
 depthwise kernel size K, top/left padding (symmetric k // 2, or TensorFlow "same" computed per call from the
 input size, ``reference.tf_same_pads``), activations after expand / depthwise / project, and:
 
-* squeeze-excite in two launches that never write the expanded tensor: pass 1 (POOL) runs expand + depthwise
-  and accumulates per-item channel sums of the (activated) depthwise output into a small float32 buffer;
-  the excite MLP (mean, conv1x1, se_act, conv1x1, se_gate on [N, Chid]) runs as plain float32 torch ops;
-  pass 2 (HAS_SE) recomputes expand + depthwise, multiplies by the gate and projects.
+* squeeze-excite, never writing the expanded tensor. Ring kernel (images of more than 256 output pixels): two
+  launches: pass 1 (POOL) runs expand + depthwise and accumulates per-item channel sums of the (activated)
+  depthwise output into a small float32 buffer; the excite MLP (mean, conv1x1, se_act, conv1x1, se_gate on
+  [N, Chid]) runs as plain float32 torch ops; pass 2 (HAS_SE) recomputes expand + depthwise, multiplies by the
+  gate and projects. Chunk kernel (images of up to 256 output pixels, _chunk_config): one launch (SE_FUSED): the
+  image's whole depthwise output is in the program's scratch tile, so pool, MLP and gate run in-kernel.
 * a leading depthwise (MobileNetV4 UIB "ExtraDW", no activation): ``depthwise_kernel`` writes the narrow
   [N, H1, W1, Cin] tensor (in x's dtype, as eager rounds it), the block runs on it, and the residual
   (stride_start 1 only) adds the original x (SEPARATE_RES).
