@@ -419,14 +419,14 @@ def _ex_triton_op(*args):
     return torch.ops.mnv2.inverted_residual_ex_triton(*args)
 
 
-# Today every kernel computes exactly the MobileNetV2 block (served through torch.ops.mnv2.inverted_residual);
-# the reference computes everything. Next session: widen a row's tuples and set its op.
+# What each kernel computes of the generalised block (issue 13). Every row serves every option of the contract
+# today; a row that loses one (or a new kernel) narrows its tuples, and ex_refusals() then says why.
 EX_SUPPORT: Dict[str, ExSupport] = {
     # csrc/cpu/kernel_ex_impl.h via mnv2_kernels/cpu_ex.py (issue 13): every option
     "cpu": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_CPU_ACTS, paddings=("symmetric", "tf_same"),
                      se_acts=_EX_CPU_ACTS, se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_CPU_ACTS,
                      dw_start_kernels=(1, 3, 5, 7, 9), op=_ex_cpu_op),
-    # csrc/cuda (issue 13): mnv2_ir_ex_kernel<T, S, K> + squeeze-excite MLP + leading depthwise kernels, registered
+    # csrc/cuda (issue 13): mnv2_ir_ex_kernel<T> (stride, K, pads, activations at run time) + squeeze-excite MLP + leading depthwise kernels, registered
     # for the CUDA key by csrc/cuda/inverted_residual_binding.cpp (float16 / bfloat16, as the "cuda" row of ROWS)
     "cuda": ExSupport(kernels=(1, 3, 5, 7, 9), acts=_EX_ACTS, paddings=("symmetric", "tf_same"), se_acts=_EX_ACTS,
                       se_gates=("sigmoid", "hardsigmoid"), project_acts=_EX_ACTS, dw_start_kernels=(1, 3, 5, 7, 9),

@@ -113,11 +113,12 @@ def inverted_residual(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expan
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The generalised block (issue 13): activations, 3/5/7 depthwise, TF "same" padding, squeeze-excite.
-# docs/CONTRACT.md, "The generalised block". Only implementation today: the plain-PyTorch reference
-# (CompositeExplicitAutograd, so any device). A kernel plugs in by registering its device key here
-# (``_lib.impl("inverted_residual_ex", fn, "CPU")`` or from C++) and declaring what it serves in
-# backends.EX_SUPPORT.
+# The generalised block (issue 13): activations, 1-9 depthwise, TF "same" padding, squeeze-excite, leading
+# depthwise. docs/CONTRACT.md, "The generalised block". Implementations: the plain-PyTorch reference below
+# (CompositeExplicitAutograd: any device without a kernel of its own), the fused CPU kernel (registered for
+# the CPU key by mnv2_kernels/cpu_ex.py), the CUDA kernel (CUDA key, csrc/cuda/inverted_residual_binding.cpp),
+# and the Triton kernels as their own op, mnv2::inverted_residual_ex_triton (end of this file). Which serves
+# what is backends.EX_SUPPORT.
 # ----------------------------------------------------------------------------------------------------------
 _EX_ARGS = ("(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, Tensor? w_se_reduce, "
             "Tensor? b_se_reduce, Tensor? w_se_expand, Tensor? b_se_expand, Tensor w_project, Tensor b_project, "
@@ -231,8 +232,9 @@ def inverted_residual_ex(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_ex
 
     Shapes: x [N, Cin, H, W]; w_expand [Chid, Cin] or None; w_dw [Chid, k, k], k in 1, 3, 5, 7, 9; SE tensors
     [Crd, Chid], [Crd], [Chid, Crd], [Chid] or all None; w_project [Cout, Chid]. Returns [N, Cout, Ho, Wo].
-    ``backend``: the row is ``backends.select_ex(backend, x.device, x.dtype, config)``; today only the
-    reference serves a generalised configuration (the kernels say why in ``backends.ex_refusals``).
+    ``backend``: the row is ``backends.select_ex(backend, x.device, x.dtype, config)`` ("auto": the fused CPU
+    kernel on the CPU; the CUDA kernel for float16/bfloat16 and Triton for float32 on CUDA; ``backends.ex_refusals``
+    says why a row refuses).
     Raises ValueError / TypeError (arguments) and RuntimeError (a backend that cannot serve the block).
     """
     cfg = backends.BlockConfig(w_dw.shape[-1], act_expand if w_expand is not None else "relu6", act_dw, padding,
