@@ -203,3 +203,21 @@ def test_backend_rows():
     torch.testing.assert_close(ref, inverted_residual_ex_reference(*args), rtol=0, atol=0)
     y = ops.inverted_residual_ex(*args, backend="cpu")
     torch.testing.assert_close(y, kernel(args), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ("avx2", "avx512"))
+def test_each_instruction_set(isa):
+    try:
+        prev = C.set_cpu_isa(isa)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        assert C.cpu_isa() == isa
+        for act in ("gelu", "silu", "hardswish"):
+            for args in (make_args(k=7, pad="tf_same", stride=2, se=True, ae=act, ad=act, sa=act, Chid=20, Cout=9,
+                                   H=10, W=11),
+                         make_args(k0=3, residual=True, se=True, ae=act, ad=act, ap=act, Chid=36, Cin=13),
+                         make_args(k0=5, s0=2, residual=False, Chid=17, dtype=torch.bfloat16)):
+                check(args, args[0].dtype)
+    finally:
+        C.set_cpu_isa(prev)
