@@ -480,8 +480,12 @@ class _FoldedModule(nn.Module):
         (no version counter), attributes outside ``__dict__``, or a state that moved on since st / entry were
         made (a layer, tensor or attribute changed meanwhile)."""
         d = self.__dict__
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or entry.run is None
-                or entry.original_because is not None or st.geometry is None or entry.targets is not st.targets):
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled()
+                or entry.original_because is not None or st.geometry is None or entry.targets is not st.targets
+                or any(v < 0 for _, v in entry.key)):  # (an inference tensor: the full path decides every call)
+            return
+        cache = d["_cache"]
+        if not any(e is entry for e in cache.values()):  # the cache was reset meanwhile (refresh, train/eval)
             return
         attrs: list = []
         for m in st.targets:
@@ -499,14 +503,12 @@ class _FoldedModule(nn.Module):
             _tensors(m, now)
         if len(now) != len(entry.sources) or any(a is not b for a, b in zip(now, entry.sources)):
             return
-        if any(v < 0 for _, v in entry.key):  # an inference tensor: the full path decides every call
-            return
         tensors = tuple((t, p, v) for t, (p, v) in zip(entry.sources, entry.key))
         keys = ("training", "_forward_hooks", "_forward_pre_hooks", "_modules")
         if any(not all(k in m.__dict__ for k in keys) for m, _, _ in st.nodes):
             return
         nodes = tuple((m.__dict__, m._modules, kids, bool(mode_matters)) for m, kids, mode_matters in st.nodes)
-        d["_fastpath"] = _FastPath(st, entry, d["_cache"], x.device, x.dtype, d.get("backend"), nodes, tuple(attrs),
+        d["_fastpath"] = _FastPath(st, entry, cache, x.device, x.dtype, d.get("backend"), nodes, tuple(attrs),
                                tuple(dicts), tensors, call)
 
     # -- which path -------------------------------------------------------------------------------------------
