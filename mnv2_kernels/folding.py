@@ -82,6 +82,18 @@ class FoldedBlockEx(NamedTuple):
     b_tail: Optional[torch.Tensor] = None      # [Cout]
 
 
+def _fold_se(reduce: nn.Conv2d, expand: nn.Conv2d, cast) -> Tuple[torch.Tensor, ...]:
+    """The squeeze-excite convs as they are (no BN; a missing bias is zeros): (w_reduce [Crd, Chid], b_reduce
+    [Crd], w_expand [Chid, Crd], b_expand [Chid]), each through ``cast``."""
+    out = []
+    for conv in (reduce, expand):
+        w = conv.weight.detach().to(torch.float64).flatten(1)
+        b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
+             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
+        out += [cast(w), cast(b)]
+    return tuple(out)
+
+
 def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
                   se: Optional[Tuple[nn.Conv2d, nn.Conv2d]], project: Tuple[nn.Conv2d, nn.BatchNorm2d],
                   layer_scale: Optional[torch.Tensor], dtype: torch.dtype,
@@ -91,22 +103,13 @@ def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise:
     def cast(t):
         return t.to(dtype).contiguous()
 
-    def conv_wb(conv):
-        w = conv.weight.detach().to(torch.float64).flatten(1)
-        b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
-             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
-        return w, b
-
     w_e = b_e = None
     if expand is not None:
         w, b = fold_conv_bn(*expand)
         w_e, b_e = cast(w.flatten(1)), cast(b)
     w, b = fold_conv_bn(*depthwise)
     w_d, b_d = cast(w[:, 0]), cast(b)
-    se_t = (None, None, None, None)
-    if se is not None:
-        (w_r, b_r), (w_x, b_x) = conv_wb(se[0]), conv_wb(se[1])
-        se_t = (cast(w_r), cast(b_r), cast(w_x), cast(b_x))
+    se_t = (None, None, None, None) if se is None else _fold_se(se[0], se[1], cast)
     w, b = fold_conv_bn(*project)
     w, b = w.flatten(1), b
     if layer_scale is not None:
@@ -181,12 +184,6 @@ def fold_plan_ex(plan, mods, dtype: torch.dtype) -> FoldedBlockEx:
     def cast(t):
         return t.to(dtype).contiguous()
 
-    def conv_wb(conv):
-        w = conv.weight.detach().to(torch.float64).flatten(1)
-        b = (conv.bias.detach().to(torch.float64) if conv.bias is not None
-             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
-        return w, b
-
     got = {}
     for sp in plan.specs:
         w, b = fold_spec(sp, mods)
@@ -195,10 +192,7 @@ def fold_plan_ex(plan, mods, dtype: torch.dtype) -> FoldedBlockEx:
     if plan.layer_scale:
         g = mods[plan.layer_scale].gamma.detach().to(torch.float64)
         w_p, b_p = w_p * g[:, None], b_p * g
-    se_t = (None, None, None, None)
-    if plan.se is not None:
-        (w_r, b_r), (w_x, b_x) = conv_wb(mods[plan.se[0]]), conv_wb(mods[plan.se[1]])
-        se_t = (cast(w_r), cast(b_r), cast(w_x), cast(b_x))
+    se_t = (None, None, None, None) if plan.se is None else _fold_se(mods[plan.se[0]], mods[plan.se[1]], cast)
     w_e, b_e = got.get("expand", (None, None))
     w0, b0 = got.get("dw_start", (None, None))
     w_d, b_d = got["dw"]
