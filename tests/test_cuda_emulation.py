@@ -522,30 +522,42 @@ def test_emulated_forced_plans(mode, S):
     n, cin, chid, cout, h, w = 2, 16, 64, 16, 13, 10
     args = random_block_args(cin, chid, cout, stride=S, residual=S == 1 and cin == cout, n=n, h=h, w=w,
                              dtype=torch.float64, seed=5, expand_bias_shift=3.0)
-    ho = (h - 1) // S + 1
+    _check(args, emulate(args, _forced_plan(mode, n, h, w, S)), mode)
+
+
+def _forced_plan(mode, n, h, w, S, K=3):
+    """A plan dict (as cuda_plan.plan's) for a block of n images [16 -> 64 hidden channels, h x w], stride S, K x K
+    depthwise, with the rows R, channel chunk HC and band split of ``mode`` ("ring-r1", "ring-r3-bands",
+    "chunk-r2", "chunk-r5") and a grid of 3 CTAs."""
+    ho, wo = (h - 1) // S + 1, (w - 1) // S + 1
     R, HC = {"ring-r1": (1, 64), "ring-r3-bands": (3, 64), "chunk-r2": (2, 32), "chunk-r5": (5, 32)}[mode]
     steps = -(-ho // R)
     nchunks = 64 // HC
     bands = steps if nchunks > 1 else (2 if mode == "ring-r3-bands" else 1)
-    L = cp.layout(16, 64, h, w, (w - 1) // S + 1, S, R, HC)
-    grid = 3
-    p = dict(ok=1, rows=R, chunk=HC, nchunks=nchunks, ring_rows=L["RR"], steps=steps, bands=bands, ctas_per_sm=1,
-             items=n * bands, grid=grid, smem=L["total"])
-    _check(args, emulate(args, p), mode)
+    L = cp.layout(16, 64, h, w, wo, S, R, HC, K)
+    return dict(ok=1, rows=R, chunk=HC, nchunks=nchunks, ring_rows=L["RR"], steps=steps, bands=bands, ctas_per_sm=1,
+                items=n * bands, grid=3, smem=L["total"])
 
 
-def test_emulated_nan_propagates_like_the_reference():
-    args = list(random_block_args(20, 120, 36, stride=1, n=1, h=9, w=9, dtype=torch.float64, seed=2))
+def _check_nan_inf_propagate(args, reference):
+    """Plants a NaN and an inf in x (args[0], [N >= 1, C >= 6, >= 5, >= 9]): the emulated kernel's NaN positions
+    equal ``reference``'s, and its finite outputs agree (there are some of each)."""
+    args = list(args)
     x = args[0].clone()
     x[0, 3, 4, 4] = float("nan")
     x[0, 5, 0, 8] = float("inf")
     args[0] = x
     got = emulate(args)
-    ref = inverted_residual_reference(*args)
+    ref = reference(*args)
     assert torch.equal(torch.isnan(got), torch.isnan(ref)), "NaN positions differ from the reference"
     fin = torch.isfinite(ref)
     assert fin.any() and (~fin).any()
     assert torch.allclose(got[fin], ref[fin], rtol=1e-9, atol=1e-9)
+
+
+def test_emulated_nan_propagates_like_the_reference():
+    _check_nan_inf_propagate(random_block_args(20, 120, 36, stride=1, n=1, h=9, w=9, dtype=torch.float64, seed=2),
+                             inverted_residual_reference)
 
 
 def test_load_rows_incremental_indices():
@@ -675,31 +687,13 @@ def test_emulated_ex_forced_plans(K, S, mode):
     n, cin, chid, cout, h, w = 2, 16, 64, 16, 13, 10
     args = _ex_args(cin, chid, cout, k=K, stride=S, residual=S == 1, n=n, h=h, w=w, padding="tf_same", se=8,
                     acts=("hardswish", "silu", "none"), se_fns=("relu", "hardsigmoid"), seed=K)
-    ho, wo = (h - 1) // S + 1, (w - 1) // S + 1
-    R, HC = {"ring-r1": (1, 64), "ring-r3-bands": (3, 64), "chunk-r2": (2, 32), "chunk-r5": (5, 32)}[mode]
-    steps = -(-ho // R)
-    nchunks = 64 // HC
-    bands = steps if nchunks > 1 else (2 if mode == "ring-r3-bands" else 1)
-    L = cp.layout(16, 64, h, w, wo, S, R, HC, K)
-    p = dict(ok=1, rows=R, chunk=HC, nchunks=nchunks, ring_rows=L["RR"], steps=steps, bands=bands, ctas_per_sm=1,
-             items=n * bands, grid=3, smem=L["total"])
-    _check_ex(args, emulate(args, p), f"K{K}-S{S}-{mode}")
+    _check_ex(args, emulate(args, _forced_plan(mode, n, h, w, S, K)), f"K{K}-S{S}-{mode}")
 
 
 def test_emulated_ex_nan_propagates_like_the_reference():
-    args = _ex_args(16, 48, 16, k=5, residual=True, acts=("hardswish", "silu", "none"), padding="tf_same", h=9, w=9,
-                    seed=3)
-    x = args[0].clone()
-    x[0, 3, 4, 4] = float("nan")
-    x[0, 5, 0, 8] = float("inf")
-    args[0] = x
-    got = emulate(args)
     from mnv2_kernels.reference import inverted_residual_ex_reference
-    ref = inverted_residual_ex_reference(*args)
-    assert torch.equal(torch.isnan(got), torch.isnan(ref)), "NaN positions differ from the reference"
-    fin = torch.isfinite(ref)
-    assert fin.any() and (~fin).any()
-    assert torch.allclose(got[fin], ref[fin], rtol=1e-9, atol=1e-9)
+    _check_nan_inf_propagate(_ex_args(16, 48, 16, k=5, residual=True, acts=("hardswish", "silu", "none"),
+                                      padding="tf_same", h=9, w=9, seed=3), inverted_residual_ex_reference)
 
 
 def test_kernel_activations_equal_pytorchs():
