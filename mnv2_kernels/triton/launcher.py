@@ -137,10 +137,12 @@ def _chosen_variant(cin: int, chid: int, cout: int, h: int, w: int, stride: int,
     return "chunk" if _pick_chunk_config(cin, chid, cout, h, w, stride, has_expand, residual, dtype) else "ring"
 
 
-def _scratch_bytes(variant: str, cfg: _Config, w: int, itemsize: int, has_expand: bool) -> int:
-    """Scratch of one program: its ring and its depthwise tile (both in x's dtype)."""
-    ring = cfg.ring * (w + 2) * (cfg.chs if variant == "ring" else cfg.chunk) * itemsize if has_expand else 0
-    return ring + cfg.block_pb * cfg.chs * itemsize
+def _scratch_bytes(variant: str, cfg: _Config, w: int, itemsize: int, has_expand: bool, k: int = 3,
+                   pool: bool = False) -> int:
+    """Scratch of one program: its ring (rows of w + 2 * (k // 2) pixels) and its depthwise tile (none in the
+    squeeze-excite pool pass), both in x's dtype."""
+    ring = cfg.ring * (w + 2 * (k // 2)) * (cfg.chs if variant == "ring" else cfg.chunk) * itemsize if has_expand else 0
+    return ring + (0 if pool else cfg.block_pb * cfg.chs * itemsize)
 
 
 def _programs_per_sm(scratch_bytes: int, sms: int, per_sm: int) -> int:
@@ -159,10 +161,21 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
                    fp32_precision: str = "ieee"):
     """(config, programs, runtime int args, constexprs, kernel) of a variant exactly as the launch uses them."""
     cfg = _variant_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype)
+    return _launch_from_config(variant, cfg, n, cin, chid, cout, h, w, stride, has_expand, residual, dtype, sms,
+                               per_sm, fp32_precision, MV2_OPTIONS)
+
+
+def _launch_from_config(variant: str, cfg: _Config, n: int, cin: int, chid: int, cout: int, h: int, w: int,
+                        stride: int, has_expand: bool, residual: bool, dtype: torch.dtype, sms: int, per_sm: int,
+                        fp32_precision: str, options: dict):
+    """(config, programs, runtime int args, constexprs, kernel) of one launch of the variant's kernel with the
+    configuration ``cfg`` (this module's or launcher_ex's) and the generalised constexprs ``options``
+    (MV2_OPTIONS keys): the persistent grid, the warp / chunk adjustments and the kernel's arguments."""
+    k = options["K"]
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    bands = _cdiv(ho, cfg.rows)
+    bands = _cdiv(ho, cfg.rows) if variant == "ring" else 1     # chunk: one image per item
     items = n * bands
-    scratch = _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand)
+    scratch = _scratch_bytes(variant, cfg, w, dtype.itemsize, has_expand, k, options["POOL"])
     programs = _programs(items, scratch, sms, per_sm)
     if per_sm > 1 and _programs_per_sm(scratch, sms, per_sm) == 1:
         # One program per SM (the L2 budget allows no more): 8 warps, so that each scheduler has two to
@@ -174,10 +187,10 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     ints = dict(H=h, W=w, HO=ho, WO=wo, BANDS=bands, ITEMS=items, ITEMS_PER_PROG=_cdiv(items, programs))
     consts = dict(CIN=cin, CHID=chid, COUT=cout, CHS=cfg.chs, STRIDE=stride, R=cfg.rows, RING=cfg.ring,
                   BLOCK_PA=cfg.block_pa, BLOCK_PB=cfg.block_pb, CHUNK=cfg.chunk,
-                  BORDER=_next_pow2(2 * cfg.ring), BLOCK_K=cfg.block_k,
+                  BORDER=_next_pow2(max(1, 2 * (k // 2) * cfg.ring)), BLOCK_K=cfg.block_k,
                   K_STEPS=cfg.k_steps, BLOCK_CO=cfg.block_co, CO_TILES=cfg.co_tiles, CO_REST=cfg.co_rest,
                   HAS_EXPAND=has_expand, RESIDUAL=residual,
-                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee", **MV2_OPTIONS)
+                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee", **options)
     kernel = inverted_residual_ring_kernel
     if variant == "chunk":
         del ints["BANDS"], consts["R"], consts["BORDER"]

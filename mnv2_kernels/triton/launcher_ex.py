@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from . import launcher as L
-from .kernel import depthwise_kernel, inverted_residual_chunk_kernel, inverted_residual_ring_kernel
+from .kernel import depthwise_kernel
 
 _PREFIX = "mnv2.inverted_residual_ex_triton: "
 _DW_BLOCK_P = 64       # leading depthwise: output pixels per program
@@ -91,31 +91,12 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
     """(config, programs, runtime int args, constexprs, kernel) of one launch of the block kernels; ``options``
     are the generalised constexprs (launcher.MV2_OPTIONS keys); ``se_fused`` (se_act, se_gate, Crd): the chunk
     kernel's one-launch squeeze-excite."""
-    k = options["K"]
-    cfg = _ex_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, k, options["PAD_T"],
-                     se_fused is not None)
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    bands = L._cdiv(ho, cfg.rows) if variant == "ring" else 1
-    items = n * bands
-    ws = w + 2 * (k // 2)
-    ring_bytes = cfg.ring * ws * (cfg.chs if variant == "ring" else cfg.chunk) * dtype.itemsize if has_expand else 0
-    scratch = ring_bytes + (0 if options["POOL"] else cfg.block_pb * cfg.chs * dtype.itemsize)
-    programs = L._programs(items, scratch, sms, per_sm)
-    if per_sm > 1 and L._programs_per_sm(scratch, sms, per_sm) == 1:
-        cfg = cfg._replace(num_warps=8)
-    elif variant == "chunk" and cfg.chunk == 64:
-        cfg = cfg._replace(chunk=32, chs=L._cdiv(chid, 32) * 32)
-    ints = dict(H=h, W=w, HO=ho, WO=wo, BANDS=bands, ITEMS=items, ITEMS_PER_PROG=L._cdiv(items, programs))
-    consts = dict(CIN=cin, CHID=chid, COUT=cout, CHS=cfg.chs, STRIDE=stride, R=cfg.rows, RING=cfg.ring,
-                  BLOCK_PA=cfg.block_pa, BLOCK_PB=cfg.block_pb, CHUNK=cfg.chunk,
-                  BORDER=L._next_pow2(max(1, 2 * (k // 2) * cfg.ring)), BLOCK_K=cfg.block_k,
-                  K_STEPS=cfg.k_steps, BLOCK_CO=cfg.block_co, CO_TILES=cfg.co_tiles, CO_REST=cfg.co_rest,
-                  HAS_EXPAND=has_expand, RESIDUAL=residual,
-                  DOT_PRECISION=fp32_precision if dtype == torch.float32 else "ieee", **options)
-    kernel = inverted_residual_ring_kernel
+    cfg = _ex_config(variant, cin, chid, cout, h, w, stride, has_expand, residual, dtype, options["K"],
+                     options["PAD_T"], se_fused is not None)
+    cfg, programs, ints, consts, kernel = L._launch_from_config(variant, cfg, n, cin, chid, cout, h, w, stride,
+                                                                has_expand, residual, dtype, sms, per_sm,
+                                                                fp32_precision, options)
     if variant == "chunk":
-        del ints["BANDS"], consts["R"], consts["BORDER"]
-        consts.update(L.MV2_CHUNK_OPTIONS)
         if cfg.block_pb > 64:     # project in 64-pixel sub-tiles; depthwise rows in a loop (9 taps in flight spill)
             consts.update(PROJ_PB=64, DW_STATIC_K=1)
         if se_fused is not None:                       # (se_act, se_gate, crd): squeeze-excite in this launch
@@ -123,7 +104,6 @@ def _launch_params(variant: str, n: int, cin: int, chid: int, cout: int, h: int,
             crdp = max(16, L._next_pow2(crd))
             consts.update(SE_FUSED=True, SE_ACT=se_act, SE_GATE=se_gate, CRDP=crdp,
                           SE_BLOCK_C=max(16, min(cfg.chunk, 1024 * cfg.num_warps // crdp)))
-        kernel = inverted_residual_chunk_kernel
     return cfg, programs, ints, consts, kernel
 
 
