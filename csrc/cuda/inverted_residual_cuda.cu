@@ -276,39 +276,60 @@ __device__ __forceinline__ float act_smooth(int a, float v) {
 template <typename T>
 struct Tr;
 
+// A packed pair of a 16-bit type (__half2, __nv_bfloat162): packing two floats (rounded), broadcasting one,
+// unpacking to float2. TrPair builds Tr's packed helpers on these for either type.
+template <typename T2>
+struct Pair2;
+
 template <>
-struct Tr<__half> {
+struct Pair2<__half2> {
+  static __device__ __forceinline__ __half2 pack(float a, float b) { return __floats2half2_rn(a, b); }
+  static __device__ __forceinline__ __half2 splat(float v) { return __float2half2_rn(v); }
+  static __device__ __forceinline__ float2 unpack(__half2 h) { return __half22float2(h); }
+};
+
+template <>
+struct Pair2<__nv_bfloat162> {
+  static __device__ __forceinline__ __nv_bfloat162 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  static __device__ __forceinline__ __nv_bfloat162 splat(float v) { return __float2bfloat162_rn(v); }
+  static __device__ __forceinline__ float2 unpack(__nv_bfloat162 h) { return __bfloat1622float2(h); }
+};
+
+// Tr's packed-pair helpers, the same for __half (T2 = __half2) and __nv_bfloat16 (T2 = __nv_bfloat162); a pair
+// travels as its 32 bits (uint32_t).
+template <typename T2>
+struct TrPair {
+  using P = Pair2<T2>;
+  static __device__ __forceinline__ uint32_t bits(T2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
   // act(a, b) rounded to a packed pair, for the generalised block's runtime activation `act` (warp-uniform): the
   // conv output is rounded first (eager PyTorch rounds every op's output), then the activation in float, rounded.
   // ReLU6 / ReLU / none stay in packed form (NaN-propagating min / max, as relu6_f2).
   static __device__ __forceinline__ uint32_t act_f2(int act, float a, float b) {
-    __half2 h = __floats2half2_rn(a, b);
+    T2 h = P::pack(a, b);
     if (act == MNV2_ACT_RELU6) {
-      h = __hmin2_nan(__hmax2_nan(h, __float2half2_rn(0.f)), __float2half2_rn(6.f));
+      h = __hmin2_nan(__hmax2_nan(h, P::splat(0.f)), P::splat(6.f));
     } else if (act == MNV2_ACT_RELU) {
-      h = __hmax2_nan(h, __float2half2_rn(0.f));
+      h = __hmax2_nan(h, P::splat(0.f));
     } else if (act != MNV2_ACT_NONE) {
-      const float2 f = __half22float2(h);
-      h = __floats2half2_rn(act_smooth(act, f.x), act_smooth(act, f.y));
+      const float2 f = P::unpack(h);
+      h = P::pack(act_smooth(act, f.x), act_smooth(act, f.y));
     }
-    return *reinterpret_cast<const uint32_t*>(&h);
+    return bits(h);
   }
+  static __device__ __forceinline__ float2 to_f2(uint32_t v) { return P::unpack(*reinterpret_cast<const T2*>(&v)); }
+  static __device__ __forceinline__ uint32_t from_f2(float a, float b) { return bits(P::pack(a, b)); }
+  // relu6 of (a, b) rounded to a packed pair: round, then clamp with the NaN-propagating min / max (rounding is
+  // monotonic and 0, 6 are exact, so this equals rounding the float clamp).
+  static __device__ __forceinline__ uint32_t relu6_f2(float a, float b) {
+    return bits(__hmin2_nan(__hmax2_nan(P::pack(a, b), P::splat(0.f)), P::splat(6.f)));
+  }
+};
+
+template <>
+struct Tr<__half> : TrPair<__half2> {
   static __device__ __forceinline__ float round_f(float v) { return to_f(from_f(v)); }
   static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
   static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ float2 to_f2(uint32_t v) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&v));
-  }
-  static __device__ __forceinline__ uint32_t from_f2(float a, float b) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  // relu6 of (a, b) rounded to a packed pair: round, then clamp in half2 with the NaN-propagating min / max
-  // (rounding is monotonic and 0, 6 are exact, so this equals rounding the float clamp).
-  static __device__ __forceinline__ uint32_t relu6_f2(float a, float b) {
-    const __half2 h = __hmin2_nan(__hmax2_nan(__floats2half2_rn(a, b), __float2half2_rn(0.f)), __float2half2_rn(6.f));
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
   static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -320,37 +341,10 @@ struct Tr<__half> {
 };
 
 template <>
-struct Tr<__nv_bfloat16> {
-  // act(a, b) rounded to a packed pair, for the generalised block's runtime activation `act` (warp-uniform): the
-  // conv output is rounded first (eager PyTorch rounds every op's output), then the activation in float, rounded.
-  // ReLU6 / ReLU / none stay in packed form (NaN-propagating min / max, as relu6_f2).
-  static __device__ __forceinline__ uint32_t act_f2(int act, float a, float b) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    if (act == MNV2_ACT_RELU6) {
-      h = __hmin2_nan(__hmax2_nan(h, __float2bfloat162_rn(0.f)), __float2bfloat162_rn(6.f));
-    } else if (act == MNV2_ACT_RELU) {
-      h = __hmax2_nan(h, __float2bfloat162_rn(0.f));
-    } else if (act != MNV2_ACT_NONE) {
-      const float2 f = __bfloat1622float2(h);
-      h = __floats2bfloat162_rn(act_smooth(act, f.x), act_smooth(act, f.y));
-    }
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
+struct Tr<__nv_bfloat16> : TrPair<__nv_bfloat162> {
   static __device__ __forceinline__ float round_f(float v) { return to_f(from_f(v)); }
   static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
   static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ float2 to_f2(uint32_t v) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-  }
-  static __device__ __forceinline__ uint32_t from_f2(float a, float b) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ uint32_t relu6_f2(float a, float b) {
-    const __nv_bfloat162 h = __hmin2_nan(__hmax2_nan(__floats2bfloat162_rn(a, b), __float2bfloat162_rn(0.f)),
-                                         __float2bfloat162_rn(6.f));
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
   static __device__ __forceinline__ void mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
     asm volatile(
