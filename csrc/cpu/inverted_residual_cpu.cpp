@@ -100,28 +100,27 @@ struct WeightKey {
   bool operator==(const WeightKey& o) const { return impl == o.impl && data == o.data && version == o.version; }
 };
 
-struct PackEntry {
-  std::array<WeightKey, 6> keys;
-  std::array<std::optional<WeakImpl>, 6> refs;
-  std::array<int64_t, 8> dims;  // what was packed: kind, shapes, dtype, kernel variant
-  at::Tensor packed;
-};
-
-class PackCache {
+// One cache per op family: NW weight tensors (undefined ones allowed) and ND integers describing the packing
+// (kind, shapes, dtype, kernel variant). PackCache serves the MobileNetV2 block, the stem, head and dense
+// layers (6 tensors); ExPackCache the generalised block (12 tensors).
+template <size_t NW, size_t ND>
+class PackCacheT {
  public:
-  static constexpr size_t kMaxEntries = 128;
+  static constexpr size_t kNW = NW, kMaxEntries = 128;
+  using Keys = std::array<WeightKey, NW>;
+  using Dims = std::array<int64_t, ND>;
 
   // The packed form of the weight tensors ws (undefined ones allowed) for the packing described by dims,
   // from the cache or made by pack() (returns a 64-byte aligned float tensor).
   template <typename PackFn>
-  at::Tensor get(const std::array<const at::Tensor*, 6>& ws, const std::array<int64_t, 8>& dims, PackFn&& pack) {
+  at::Tensor get(const std::array<const at::Tensor*, NW>& ws, const Dims& dims, PackFn&& pack) {
     static const bool enabled = [] {
       const char* e = std::getenv("MNV2_CPU_PACK_CACHE");
       return !(e && std::strcmp(e, "0") == 0);
     }();
     bool cacheable = enabled;
-    std::array<WeightKey, 6> keys{};
-    for (int i = 0; i < 6 && cacheable; ++i) {
+    Keys keys{};
+    for (size_t i = 0; i < NW && cacheable; ++i) {
       if (ws[i] == nullptr || !ws[i]->defined()) continue;
       const at::Tensor& t = *ws[i];
       if (t.is_inference()) {
@@ -142,16 +141,16 @@ class PackCache {
     at::Tensor packed = pack();
     TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(packed.data_ptr()) % 64 == 0);
     if (cacheable) {
-      PackEntry e;
+      Entry e;
       e.keys = keys;
-      for (int i = 0; i < 6; ++i) {
+      for (size_t i = 0; i < NW; ++i) {
         if (ws[i] != nullptr && ws[i]->defined()) e.refs[i].emplace(ws[i]->getIntrusivePtr());
       }
       e.dims = dims;
       e.packed = packed;
       std::lock_guard<std::mutex> lk(mu_);
       // Drop entries whose tensors are gone (e.g. refolded weights), then the least recently used.
-      entries_.remove_if([](const PackEntry& x) { return !alive(x); });
+      entries_.remove_if([](const Entry& x) { return !alive(x); });
       entries_.push_front(std::move(e));
       while (entries_.size() > kMaxEntries) entries_.pop_back();
     }
@@ -164,7 +163,13 @@ class PackCache {
   }
 
  private:
-  static bool alive(const PackEntry& e) {
+  struct Entry {
+    Keys keys;
+    std::array<std::optional<WeakImpl>, NW> refs;
+    Dims dims;
+    at::Tensor packed;
+  };
+  static bool alive(const Entry& e) {
     for (const auto& r : e.refs) {
       if (r.has_value() && r->expired()) return false;
     }
@@ -172,8 +177,10 @@ class PackCache {
   }
 
   std::mutex mu_;
-  std::list<PackEntry> entries_;
+  std::list<Entry> entries_;
 };
+using PackCache = PackCacheT<6, 8>;
+using ExPackCache = PackCacheT<12, 10>;
 
 // A float buffer for packed weights (at::empty's CPU allocations are 64-byte aligned).
 at::Tensor packed_buffer(int64_t floats) { return at::empty({floats}, at::TensorOptions().dtype(at::kFloat)); }
@@ -394,79 +401,6 @@ const cpu::ExKernelTable* ex_kernel() {
   TORCH_CHECK(e != nullptr, "mnv2.inverted_residual_ex: the CPU kernel for ", k->isa, " is not built");
   return e;
 }
-
-// PackCache's rule (tensor identity + data address + version, weakly held; never inference tensors) for the
-// generalised block's twelve weight tensors.
-class ExPackCache {
- public:
-  static constexpr size_t kNW = 12, kMaxEntries = 128;
-  using Keys = std::array<WeightKey, kNW>;
-  using Dims = std::array<int64_t, 10>;
-
-  template <typename PackFn>
-  at::Tensor get(const std::array<const at::Tensor*, kNW>& ws, const Dims& dims, PackFn&& pack) {
-    static const bool enabled = [] {
-      const char* e = std::getenv("MNV2_CPU_PACK_CACHE");
-      return !(e && std::strcmp(e, "0") == 0);
-    }();
-    bool cacheable = enabled;
-    Keys keys{};
-    for (size_t i = 0; i < kNW && cacheable; ++i) {
-      if (ws[i] == nullptr || !ws[i]->defined()) continue;
-      const at::Tensor& t = *ws[i];
-      if (t.is_inference()) {
-        cacheable = false;
-        break;
-      }
-      keys[i] = WeightKey{t.unsafeGetTensorImpl(), t.data_ptr(), (int64_t)t._version()};
-    }
-    if (cacheable) {
-      std::lock_guard<std::mutex> lk(mu_);
-      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (it->keys == keys && it->dims == dims && alive(*it)) {
-          entries_.splice(entries_.begin(), entries_, it);
-          return entries_.front().packed;
-        }
-      }
-    }
-    at::Tensor packed = pack();
-    TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(packed.data_ptr()) % 64 == 0);
-    if (cacheable) {
-      Entry e;
-      e.keys = keys;
-      for (size_t i = 0; i < kNW; ++i) {
-        if (ws[i] != nullptr && ws[i]->defined()) e.refs[i].emplace(ws[i]->getIntrusivePtr());
-      }
-      e.dims = dims;
-      e.packed = packed;
-      std::lock_guard<std::mutex> lk(mu_);
-      entries_.remove_if([](const Entry& x) { return !alive(x); });
-      entries_.push_front(std::move(e));
-      while (entries_.size() > kMaxEntries) entries_.pop_back();
-    }
-    return packed;
-  }
-  void clear() {
-    std::lock_guard<std::mutex> lk(mu_);
-    entries_.clear();
-  }
-
- private:
-  struct Entry {
-    Keys keys;
-    std::array<std::optional<WeakImpl>, kNW> refs;
-    Dims dims;
-    at::Tensor packed;
-  };
-  static bool alive(const Entry& e) {
-    for (const auto& r : e.refs) {
-      if (r.has_value() && r->expired()) return false;
-    }
-    return true;
-  }
-  std::mutex mu_;
-  std::list<Entry> entries_;
-};
 
 ExPackCache& ex_pack_cache() {
   static ExPackCache* c = new ExPackCache();
