@@ -51,8 +51,9 @@ class FuseReport(List[BlockReport]):
 
     @property
     def reference(self) -> List[BlockReport]:
-        """Generalised blocks (other activations, 5x5, TF padding, squeeze-excite) replaced by a
-        FoldedInvertedResidual: BN folded, run by the reference because no fused kernel computes them yet."""
+        """Generalised blocks replaced by a FoldedInvertedResidual that the device's kernel row cannot compute
+        (BN folded, run by the PyTorch reference; on the CPU in float32 / bfloat16 the fused kernel serves every
+        option, so this is empty there)."""
         return [r for r in self if r.kind == "reference"]
 
     @property
@@ -154,8 +155,8 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     """Returns ``model`` with every inverted-residual block it recognises replaced by a FusedInvertedResidual.
 
     Blocks are recognised by what their forward computes (mnv2_kernels.recognize), so torchvision's and
-    timm's MobileNetV2 / EfficientNet-Lite and hand-written models work alike. Blocks that cannot be fused
-    exactly (squeeze-excite, other activations, asymmetric padding, other kernel sizes) stay as they are.
+    timm's MobileNetV2 / EfficientNet-Lite and hand-written models work alike. Blocks outside the block
+    contract (anti-aliasing pools, depthwise kernels over 9x9) stay as they are, with the reason in the report.
     Generalised blocks (issue 13: other activations, 5x5-9x9 depthwise, TF padding, squeeze-excite, MobileNetV4
     UIB incl. its 'ConvNeXt' variant, MixNet's MixConv, PP-LCNetV2's re-parameterisable branches) become
     FoldedInvertedResidual (docs/CONTRACT.md, "The generalised block").
