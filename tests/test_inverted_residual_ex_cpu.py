@@ -121,7 +121,7 @@ def test_leading_depthwise(k0):
 def test_squeeze_excite_both_paths_and_threads(budget, threads):
     C.set_se_scratch_bytes(budget)
     torch.set_num_threads(threads)
-    for N in (1, 2, 3):  # batch 1 on 2 threads: bands (two-pass), partial sums reduced
+    for N in (1, 2, 3):  # batch 1 on 2 threads: bands (shared buffer; two-pass at budget 0), sums reduced
         for stride, pad in ((1, "symmetric"), (2, "tf_same")):
             check(make_args(N=N, se=True, stride=stride, pad=pad, ae="hardswish", ad="hardswish", sg="hardsigmoid",
                             residual=stride == 1, H=13, W=12, k=5))

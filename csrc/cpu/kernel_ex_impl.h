@@ -26,6 +26,10 @@
 //   - single pass ("in scratch"), when every unit is a whole image (no bands) and one image's depthwise output
 //     [Ho*Wo, Cp] fits d.se_scratch_bytes: expand + depthwise of the whole image into the thread's scratch,
 //     sum, the excite MLP, gate, project from scratch;
+//   - banded ("shared"), when images are split into bands (few images, several threads) and the images'
+//     depthwise outputs fit d.se_scratch_bytes together: pass 1 (bands in parallel) writes each band's
+//     depthwise output into one shared buffer and sums it; the MLP per image; pass 2 (bands in parallel)
+//     gates and projects from the buffer: no recomputation, both threads busy at batch 1;
 //   - two passes otherwise: pass 1 computes expand + depthwise only to accumulate per-(image, band) channel
 //     sums (bands: batch 1 on 2 threads still uses both); the MLP per image; pass 2 recomputes expand +
 //     depthwise, gates and projects.
@@ -339,6 +343,10 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
 
   // Squeeze-excite mode: single pass with the image's depthwise output in scratch, or two passes.
   const bool se_single = has_se && bands == 1 && Ho * Wo * Cp * (int64_t)sizeof(float) <= d.se_scratch_bytes;
+  // Banded SE (few images, several threads) whose images' depthwise outputs fit the budget together: pass 1
+  // stores each band's depthwise output into one shared buffer [N][Ho*Wo][Cp] and sums it, pass 2 gates and
+  // projects from there (no recomputation; the pool's return between the passes is the barrier).
+  const bool se_shared = has_se && !se_single && N * Ho * Wo * Cp * (int64_t)sizeof(float) <= d.se_scratch_bytes;
   const int64_t dw_rows = se_single ? Ho : R;  // rows of dwbuf
 
   // Per-thread scratch (floats, each piece 64-byte aligned):
@@ -392,7 +400,9 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
   };
 
   // mode 0: no SE (project per chunk); 1: SE pass 1 (sums only); 2: SE pass 2 (gate + project);
-  // 3: SE single pass (whole image in scratch).
+  // 3: SE single pass (whole image in scratch); 4: SE pass 1 into the shared buffer (+ sums);
+  // 5: SE pass 2 from the shared buffer (gate + project, no expand / depthwise).
+  float* shared = nullptr;  // [N][Ho*Wo][Cp] (se_shared only)
   auto make_unit = [&](int mode, uint64_t call_id) {
     return [&, mode, call_id](int64_t u) {
       static thread_local uint64_t zeroed_for = 0;
@@ -427,8 +437,8 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
       const T* xres = x + n * Ho * Wo * Cout;  // residual: stride 1, same sizes, Cin == Cout
       T* oimg = out + n * Ho * Wo * Cout;
       int64_t next_row = std::max<int64_t>(0, ho_beg * s - pt);  // first image row not yet in the ring
-      if (mode == 1 || mode == 3) std::fill(se_sum, se_sum + Cp, 0.0);
-      const float* gate = mode == 2 ? gates.data() + n * Cp : se_gate;
+      if (mode == 1 || mode == 3 || mode == 4) std::fill(se_sum, se_sum + Cp, 0.0);
+      const float* gate = (mode == 2 || mode == 5) ? gates.data() + n * Cp : se_gate;
 
       // project rows [h0, h0 + r_n) from dwsrc ([r_n*Wo][Cp]) into the output
       auto project = [&](int64_t h0, int64_t r_n, const float* dwsrc) {
@@ -485,6 +495,15 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
             vstorea(buf + p * Cp + cc, vmul(vloada(buf + p * Cp + cc), vload(gate + cc)));
       };
 
+      if (mode == 5) {
+        for (int64_t h0 = ho_beg; h0 < ho_end; h0 += R) {
+          const int64_t r_n = std::min(R, ho_end - h0);
+          float* src = shared + (n * Ho + h0) * Wo * Cp;
+          apply_gate(src, r_n * Wo);
+          project(h0, r_n, src);
+        }
+        return;
+      }
       for (int64_t h0 = ho_beg; h0 < ho_end; h0 += R) {
         const int64_t r_n = std::min(R, ho_end - h0);  // output rows in this chunk
         const int64_t lo = h0 * s - pt;                 // input rows [lo, hi) are needed
@@ -526,7 +545,7 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
           next_row = hi;
         }
         // 2. depthwise + act_dw of the chunk's output rows
-        float* dwc = mode == 3 ? dwbuf + h0 * Wo * Cp : dwbuf;
+        float* dwc = mode == 3 ? dwbuf + h0 * Wo * Cp : (mode == 4 ? shared + (n * Ho + h0) * Wo * Cp : dwbuf);
         for (int64_t i = 0; i < r_n; ++i) {
           const int64_t top = (h0 + i) * s - pt;
           const float* rows[9];
@@ -539,14 +558,14 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
         // 3. by mode
         if (mode == 0) {
           project(h0, r_n, dwc);
-        } else if (mode == 1 || mode == 3) {
+        } else if (mode == 1 || mode == 3 || mode == 4) {
           accumulate(dwc, r_n * Wo);
         } else {
           apply_gate(dwc, r_n * Wo);
           project(h0, r_n, dwc);
         }
       }
-      if (mode == 1) {
+      if (mode == 1 || mode == 4) {
         std::copy(se_sum, se_sum + Cp, psum.begin() + (n * bands + band) * Cp);
       } else if (mode == 3) {
         excite(se_sum, se_gate, se_tmp);
@@ -563,7 +582,16 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
     auto f = make_unit(3, calls.fetch_add(1) + 1);
     ::mnv2::cpu::parallel_units(N, (int)nth, f);
   } else {
-    auto f1 = make_unit(1, calls.fetch_add(1) + 1);
+    struct FreeOnExit {
+      float* p = nullptr;
+      ~FreeOnExit() { std::free(p); }
+    } shared_mem;
+    if (se_shared) {
+      shared_mem.p = static_cast<float*>(
+          std::aligned_alloc(64, (size_t)round_up(N * Ho * Wo * Cp * (int64_t)sizeof(float), 64)));
+      shared = shared_mem.p;  // nullptr (out of memory): the two passes below recompute instead
+    }
+    auto f1 = make_unit(shared ? 4 : 1, calls.fetch_add(1) + 1);
     ::mnv2::cpu::parallel_units(N * bands, (int)nth, f1);
     if (oom.load()) return false;
     // reduce the bands' partial sums; the excite MLP per image (tiny: 2 * Crd * Chid multiply-adds)
@@ -582,7 +610,7 @@ bool run_block_ex(const TI* xin, const T* x, T* out, const ExDims& d, const floa
     }
     std::free(tmp);
     std::free(sum);
-    auto f2 = make_unit(2, calls.fetch_add(1) + 1);
+    auto f2 = make_unit(shared ? 5 : 2, calls.fetch_add(1) + 1);
     ::mnv2::cpu::parallel_units(N * bands, (int)nth, f2);
   }
   return !oom.load();
