@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad as _fwad
 from torch.nn.modules import module as _nn_module
 
 from . import backends, ops
@@ -469,7 +470,7 @@ class _FoldedModule(nn.Module):
         fp = d.get("_fastpath")
         if (fp is None or d["training"] or d["_cache"] is not fp.cache or d.get("backend") != fp.backend
                 or type(x) is not torch.Tensor or x.dtype is not fp.dtype or x.device != fp.device
-                or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.is_grad_enabled() or torch.jit.is_tracing() or _autocast_on(x) or _fwad._current_level >= 0
                 or _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks or _modes_active()):
             return None
         return fp if _fast_valid(fp.nodes, fp.attrs, fp.dicts, fp.tensors) else None
@@ -523,6 +524,14 @@ class _FoldedModule(nn.Module):
         if self.training:
             return None
         name = type(self).__name__
+        if _autocast_on(x):   # the original's convs run in the autocast dtype
+            self._warn_once("autocast", f"mnv2_kernels: {name} runs its original (unfused) forward under "
+                            "torch.autocast, whose convolutions then run in the autocast dtype")
+            return None
+        if _forward_ad_on():   # dual tensors: the fused ops would drop the tangent
+            self._warn_once("forward_ad", f"mnv2_kernels: {name} runs its original (unfused) forward inside "
+                            "torch.autograd.forward_ad.dual_level() (the fused ops have no forward-AD formula)")
+            return None
         if (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export():
             self._warn_once("onnx", f"mnv2_kernels: ONNX has no mnv2::inverted_residual, so {name} exports its "
                             "original (unfused) layers; exporting the original model gives the same graph "
@@ -608,7 +617,7 @@ class FusedInvertedResidual(_FoldedModule):
         if folded.w_dw.device.type != "meta" and not bool(torch.isfinite(folded.w_dw).all()):
             return ("its folded depthwise weights hold NaN or Inf (a conv weight or a BatchNorm statistic), "
                     "where kernels and PyTorch's convolutions treat the zero padding differently")
-        return None
+        return _refuse_non_finite(folded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fp = self._fast(x)
@@ -661,11 +670,19 @@ class FoldedConvBNAct(_FoldedModule):
         w, b = fold_conv_bn(*targets)
         return w.to(dtype), b.to(dtype)
 
+    def _refuse_folded(self, folded) -> Optional[str]:
+        return _refuse_non_finite(folded)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self._fused_structure(x)
         if st is None:
             return self._original(x)
-        w, b = self._folded(st, x.dtype, x.device).folded
+        entry = self._folded(st, x.dtype, x.device)
+        if entry.original_because is not None:
+            self._warn_once(entry.original_because, f"mnv2_kernels: {type(self).__name__} runs its original "
+                            f"(unfused) forward: {entry.original_because}")
+            return self._original(x)
+        w, b = entry.folded
         conv = st.targets[0]
         y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
         act: Optional[Callable] = _ACTIVATIONS[st.plan.activation]
@@ -683,6 +700,38 @@ def refresh(model: nn.Module) -> nn.Module:
                 v.refresh()
     _clear_kernel_caches()  # also the layers that pass their own weights to a kernel (stem_head.CPULinear)
     return model
+
+
+def _refuse_non_finite(folded: Any) -> Optional[str]:
+    """Why folded weights holding a NaN or Inf must run the original (None when all are finite): folding moves
+    an infinite BatchNorm scale (gamma = inf, running_var + eps = 0) into every weight before the conv's sum,
+    so +inf and -inf products give NaN where the original's BatchNorm gives +-inf (and ReLU6 then 0 or 6).
+    Checked once per fold (docs/CONTRACT.md, "Modules")."""
+    for t in folded:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            return ("its folded weights hold NaN or Inf (a conv weight, a BatchNorm statistic or an infinite "
+                    "BatchNorm scale), which folding would turn into NaN where the original gives +-inf")
+    return None
+
+
+_ANY_AUTOCAST = getattr(torch._C, "_is_any_autocast_enabled", None)
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    """torch.autocast is enabled: for any device type when this torch can say so in one call (~0.2 us; the
+    original then runs, which is exact), else for x's device type (False for types autocast does not know)."""
+    if _ANY_AUTOCAST is not None:
+        return _ANY_AUTOCAST()
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:
+        return False
+
+
+def _forward_ad_on() -> bool:
+    """A forward-mode AD level is active (torch.autograd.forward_ad.dual_level(), which no_grad does not
+    stop): the fused ops have no forward-AD formula and would drop a dual input's tangent."""
+    return _fwad._current_level >= 0
 
 
 def _finite_sums(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -752,6 +801,11 @@ class FoldedInvertedResidual(FusedInvertedResidual):
         y = entry.run(*args)
         if tail:
             y = _tail(y, x, f, p)
+        if p.embedded and torch.jit.is_tracing():
+            self._warn_once("trace-embedded", f"mnv2_kernels: tracing {type(self).__name__}, whose folded conv embeds "
+                            "smaller kernels or groups with zeros: the traced graph has no per-call NaN/Inf check, so "
+                            "on inputs with NaN or Inf it spreads them where the original gives finite values (trace "
+                            "the original block to keep its behaviour there)")
         # Embedded MixConv / summed branches / block-diagonal 1x1 (plan.embedded): the added zero taps and blocks
         # multiply neighbours by 0, so a NaN / Inf (in x, or overflowing inside) would spread where the original
         # gives finite numbers. One check of the narrow input and output per call; any non-finite value: the

@@ -36,11 +36,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad as _fwad
 from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
-from .modules import FoldedConvBNAct, _modes_active
+from .modules import FoldedConvBNAct, _autocast_on, _modes_active
 
 _HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
 # What the modules' fast path (modules._FastPath) calls: the ops' CPU kernels without the dispatcher
@@ -114,6 +115,8 @@ class CPUFoldedConvBNAct(FoldedConvBNAct):
         if kind is None:
             return super().forward(x)
         entry = self._folded(st, x.dtype, x.device)
+        if entry.original_because is not None:   # non-finite folded weights: FoldedConvBNAct runs the original
+            return super().forward(x)
         w, b = entry.folded
         relu6 = st.plan.activation == "relu6"
         if kind == "3x3":
@@ -140,7 +143,7 @@ class CPULinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() == 2 and self.bias is not None and _plain_cpu_f32(x) and self.weight.dtype == torch.float32
-                and self.weight.device.type == "cpu"
+                and self.weight.device.type == "cpu" and not _autocast_on(x) and _fwad._current_level < 0
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                                       or self.bias.requires_grad))):
             if torch.is_grad_enabled() or type(x) is not torch.Tensor or _modes_active():
@@ -174,6 +177,8 @@ def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Te
         h = head(h)  # the layer as it is (same result as the original forward from here on)
         return model.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
     entry = head._folded(st, h.dtype, h.device)
+    if entry.original_because is not None:   # non-finite folded weights: the head runs its original layers
+        return model.classifier(torch.flatten(F.adaptive_avg_pool2d(head(h), 1), 1))
     w, b = entry.folded
     y = model.classifier(torch.ops.mnv2.dense_relu6_mean(h, w, b))
     head._set_fast(st, entry, h, (_DENSE_RUN, (w, b, True)))
