@@ -54,14 +54,21 @@ def fold_block(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tu
     def cast(t):
         return t.to(dtype).contiguous()
 
+    w_e, b_e, w_d, b_d = _fold_expand_dw(expand, depthwise, cast)
+    w, b = fold_conv_bn(*project)
+    return FoldedBlock(w_e, b_e, w_d, b_d, cast(w.flatten(1)), cast(b))
+
+
+def _fold_expand_dw(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise: Tuple[nn.Conv2d, nn.BatchNorm2d],
+                    cast) -> Tuple[Optional[torch.Tensor], ...]:
+    """The expand (w [Chid, Cin], b [Chid]; None, None without one) and depthwise (w [Chid, k, k], b [Chid])
+    conv+BN pairs folded, each through ``cast``: shared by fold_block and fold_block_ex."""
     w_e = b_e = None
     if expand is not None:
         w, b = fold_conv_bn(*expand)
         w_e, b_e = cast(w.flatten(1)), cast(b)
     w, b = fold_conv_bn(*depthwise)
-    w_d, b_d = cast(w[:, 0]), cast(b)
-    w, b = fold_conv_bn(*project)
-    return FoldedBlock(w_e, b_e, w_d, b_d, cast(w.flatten(1)), cast(b))
+    return w_e, b_e, cast(w[:, 0]), cast(b)
 
 
 class FoldedBlockEx(NamedTuple):
@@ -103,12 +110,7 @@ def fold_block_ex(expand: Optional[Tuple[nn.Conv2d, nn.BatchNorm2d]], depthwise:
     def cast(t):
         return t.to(dtype).contiguous()
 
-    w_e = b_e = None
-    if expand is not None:
-        w, b = fold_conv_bn(*expand)
-        w_e, b_e = cast(w.flatten(1)), cast(b)
-    w, b = fold_conv_bn(*depthwise)
-    w_d, b_d = cast(w[:, 0]), cast(b)
+    w_e, b_e, w_d, b_d = _fold_expand_dw(expand, depthwise, cast)
     se_t = (None, None, None, None) if se is None else _fold_se(se[0], se[1], cast)
     w, b = fold_conv_bn(*project)
     w, b = w.flatten(1), b
