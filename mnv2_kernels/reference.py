@@ -29,6 +29,22 @@ def inverted_residual_reference(x: torch.Tensor, w_expand: Optional[torch.Tensor
     return y
 
 
+def stem_inverted_residual_reference(x: torch.Tensor, w_stem: torch.Tensor, b_stem: torch.Tensor, stem_stride: int,
+                                     stem_relu6: bool, w_dw: torch.Tensor, b_dw: torch.Tensor,
+                                     w_project: torch.Tensor, b_project: torch.Tensor, stride: int,
+                                     residual: bool) -> torch.Tensor:
+    """torch.ops.mnv2.stem_inverted_residual with ATen: the stem (dense 3x3 convolution, padding 1, + bias,
+    + ReLU6 if stem_relu6) then the block without expand conv.
+
+    x: [N, Cin, H, W]; w_stem: [C1, Cin, 3, 3]; b_stem: [C1]; the block's weights as in
+    inverted_residual_reference with Cin = C1. Returns [N, Cout, Ho, Wo] in x's dtype.
+    """
+    h = F.conv2d(x, w_stem, b_stem, stride=stem_stride, padding=1)
+    if stem_relu6:
+        h = h.clamp_(0.0, 6.0)
+    return inverted_residual_reference(h, None, None, w_dw, b_dw, w_project, b_project, stride, residual)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The generalised block (issue 13): docs/CONTRACT.md, "The generalised block".
 # ----------------------------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ works, helpers join when they can; csrc/cpu/thread_pool.cpp), with weights packe
   torch.ops.mnv2.conv3x3_bias_act(x, w, b, stride, relu6)  dense 3x3 convolution, padding 1 (+ ReLU6)
   torch.ops.mnv2.dense_bias_act(x, w, b, relu6)            1x1 convolution ([N, K, H, W]) or linear ([M, K])
   torch.ops.mnv2.dense_relu6_mean(x, w, b)                 mean over H, W of relu6(1x1 convolution): [N, Ncols]
+  torch.ops.mnv2.stem_inverted_residual(x, w_stem, b_stem, stem_stride, stem_relu6, w_dw, b_dw, w_project,
+      b_project, stride, residual)                         the stem convolution and the first block (no expand
+                                                           conv) as one pass: the stem's output (at batch 32
+                                                           a 51 MB map) never reaches memory
 
 Modules (drop-in: same parameters, buffers, state-dict keys and hooks; anything the kernels do not cover
 runs the parent class's forward):
@@ -23,7 +27,10 @@ runs the parent class's forward):
 
 - ``PooledHeadMobileNetV2`` / ``PooledHeadTorchvisionMobileNetV2``: the model classes with the head
   convolution (1x1 + ReLU6) and the global average pool as one op, ``torch.ops.mnv2.dense_relu6_mean`` (the
-  1280-channel map never reaches memory; no OpenMP region for the pool).
+  1280-channel map never reaches memory; no OpenMP region for the pool), and the stem with the first block
+  as one op, ``torch.ops.mnv2.stem_inverted_residual``, once both layers have run fused on the CPU kernels
+  and nothing about them changed since (their own per-call fast-path checks, modules._FastPath, plus no hooks
+  on them; ``STEM_INTO_BLOCK = False`` turns it off).
 
 ``use_cpu_kernels(model)`` turns a fused model's FoldedConvBNAct, nn.Linear and MobileNetV2 modules into these
 (in place, by class; ``fuse()`` calls it). torch.compile, torch.jit.trace, ONNX export, gradients, other dtypes and
@@ -41,7 +48,7 @@ from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
-from .modules import FoldedConvBNAct, _autocast_on, _modes_active
+from .modules import _FAST_EXT, FoldedConvBNAct, FusedInvertedResidual, _autocast_on, _modes_active
 
 _HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
 # What the modules' fast path (modules._FastPath) calls: the ops' CPU kernels without the dispatcher
@@ -50,6 +57,8 @@ if _HAVE_OPS:
     _CONV3X3_RUN = getattr(CPU_EXT, "conv3x3_bias_act_cpu", None) or torch.ops.mnv2.conv3x3_bias_act.default
     _DENSE_RUN = getattr(CPU_EXT, "dense_bias_act_cpu", None) or torch.ops.mnv2.dense_bias_act.default
     _DENSE_MEAN_RUN = getattr(CPU_EXT, "dense_relu6_mean_cpu", None) or torch.ops.mnv2.dense_relu6_mean.default
+    _STEM_BLOCK_RUN = (getattr(CPU_EXT, "stem_inverted_residual_cpu", None)
+                       or torch.ops.mnv2.stem_inverted_residual.default)
 
 if _HAVE_OPS:
     def _fake_conv3x3(x, w, b, stride, relu6):
@@ -68,10 +77,19 @@ if _HAVE_OPS:
     def _fake_dense_mean(x, w, b):
         return x.new_empty((x.shape[0], w.shape[0]))
 
+    def _fake_stem_block(x, w_stem, b_stem, stem_stride, stem_relu6, w_dw, b_dw, w_project, b_project, stride,
+                         residual):
+        h1, w1 = (x.shape[2] - 1) // stem_stride + 1, (x.shape[3] - 1) // stem_stride + 1
+        ho, wo = (h1 - 1) // stride + 1, (w1 - 1) // stride + 1
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.new_empty((x.shape[0], w_project.shape[0], ho, wo)).contiguous(
+            memory_format=torch.channels_last if cl else torch.contiguous_format)
+
     try:
         torch.library.register_fake("mnv2::dense_relu6_mean", _fake_dense_mean)
         torch.library.register_fake("mnv2::conv3x3_bias_act", _fake_conv3x3)
         torch.library.register_fake("mnv2::dense_bias_act", _fake_dense)
+        torch.library.register_fake("mnv2::stem_inverted_residual", _fake_stem_block)
     except RuntimeError:  # already registered (module reloaded)
         pass
 
@@ -157,6 +175,49 @@ def _no_hooks(*mods: nn.Module) -> bool:
             and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
 
 
+# Whether the pooled-head MobileNetV2 classes run the stem and the first block as one op (see the module
+# docstring); False: as two (for A/B benchmarks and tests).
+STEM_INTO_BLOCK = True
+
+_IR_WRAPPERS: tuple = ()  # InvertedResidual classes whose forward is `self.conv(x)` when not use_res_connect
+
+
+def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """feats[1](feats[0](x)) as one op (torch.ops.mnv2.stem_inverted_residual), or None when that does not
+    apply (then nothing has run). It applies when feats[0] is a CPUFoldedConvBNAct and feats[1] a
+    FusedInvertedResidual without expand conv (or this package's / torchvision's InvertedResidual around one,
+    without shortcut), no hooks on any of them, and both layers' last calls ran their CPU kernels with
+    decisions that still hold (_FoldedModule._fast: the same checks a call of the layer itself passes): the op
+    then computes what the two kernels compute, from the same folded weights."""
+    if not STEM_INTO_BLOCK or len(feats) < 3:
+        return None
+    stem, blk = feats[0], feats[1]
+    if type(stem) is not CPUFoldedConvBNAct:
+        return None
+    inner = blk
+    if type(blk) is not FusedInvertedResidual:
+        d = blk.__dict__
+        if (type(blk) not in _IR_WRAPPERS or d.get("use_res_connect") is not False or "forward" in d
+                or list(blk._modules) != ["conv"]):
+            return None
+        inner = blk._modules["conv"]
+        if type(inner) is not FusedInvertedResidual:
+            return None
+    if not _no_hooks(stem, blk, inner):
+        return None
+    fs = stem._fast(x)
+    if fs is None or fs.call[0] is not _CONV3X3_RUN:
+        return None
+    fb = inner._fast(x)  # x stands for the stem's output: the same type, dtype and device (shapes: the op's)
+    if fb is None or _FAST_EXT is None or fb.call[0] is not getattr(_FAST_EXT, "inverted_residual_cpu", None):
+        return None
+    w_s, b_s, s_s, relu6 = fs.call[1]
+    w_e, _, w_dw, b_dw, w_p, b_p, stride, residual = fb.call[1]
+    if w_e is not None or w_s.shape[0] != w_dw.shape[0]:
+        return None
+    return _STEM_BLOCK_RUN(x, w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)
+
+
 def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``classifier(flatten(adaptive_avg_pool2d(features(x), 1)))`` with the last feature layer (1x1 conv +
     ReLU6) and the pool as one op (torch.ops.mnv2.dense_relu6_mean), or None when that does not apply
@@ -166,8 +227,13 @@ def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Te
             or len(feats) < 2 or type(feats[-1]) is not CPUFoldedConvBNAct or not _no_hooks(feats, feats[-1])):
         return None
     head = feats[-1]
-    h = x
-    for mod in list(feats)[:-1]:
+    mods = list(feats)[:-1]
+    h = _stem_block_fast(feats, x)
+    if h is None:
+        h = x
+    else:
+        mods = mods[2:]
+    for mod in mods:
         h = mod(h)
     wb = head._pooled_head_fast(h)
     if wb is not None:  # the head's last call ran this 1x1 + ReLU6 fused and nothing changed since
@@ -204,6 +270,9 @@ class PooledHeadMobileNetV2(_PooledHeadForward, _MNV2):
 
 
 _POOLED_HEAD_CLASSES = {_MNV2: PooledHeadMobileNetV2}
+from .models.mobilenet_v2 import InvertedResidual as _IR  # noqa: E402
+
+_IR_WRAPPERS = (_IR,)
 try:
     from torchvision.models import MobileNetV2 as _TVMNV2
 
@@ -211,6 +280,8 @@ try:
         """torchvision's MobileNetV2 with the head + pool fused on the CPU (set by use_cpu_kernels)."""
 
     _POOLED_HEAD_CLASSES[_TVMNV2] = PooledHeadTorchvisionMobileNetV2
+    from torchvision.models.mobilenetv2 import InvertedResidual as _TVIR
+    _IR_WRAPPERS = (_IR, _TVIR)
 except ImportError:  # torchvision is optional
     pass
 

@@ -32,6 +32,15 @@ struct WeightPtrs {
   const void* b_project;
 };
 
+// A stem convolution fused in front of a block without expand conv (KernelTable::run_stem; issue 14): dense 3x3,
+// padding 1, stride 1 or 2, + bias (+ ReLU6), over an image [N, H, W, Cin] (NHWC fp32), with weights packed
+// by conv3x3_pack (Cout = the block's Cin, conv3x3_supported).
+struct StemArgs {
+  const float* packed;
+  int64_t H, W, Cin, stride;
+  bool relu6;
+};
+
 // One instruction-set variant of the kernel.
 struct KernelTable {
   const char* isa;  // "avx2", "avx512"
@@ -57,6 +66,11 @@ struct KernelTable {
   void (*dense_pack)(float* dst, const float* w, const float* b, int64_t K, int64_t Ncols);
   bool (*dense_run)(const float* x, float* out, int64_t M, int64_t K, int64_t Ncols, bool relu6,
                     const float* packed, int nthreads);
+  // relu6?(stem conv(x)) -> block, the stem's output never in memory (fp32; the block has no expand conv):
+  // x [N, stem.H, stem.W, stem.Cin], out [N, Ho, Wo, Cout]; d describes the block (d.H, d.W: the stem's
+  // output size, d.Cin its channels); packed: the block's packed weights. false: scratch allocation failed.
+  bool (*run_stem)(const float* x, float* out, const Dims& d, const float* packed, const StemArgs& stem,
+                   int nthreads);
   // Head + global average pool: x [N, HW, K] -> out [N, Ncols] = mean_p relu6(x[n, p] . w^T + b); dense_pack.
   bool (*dense_relu6_mean_run)(const float* x, float* out, int64_t N, int64_t HW, int64_t K, int64_t Ncols,
                                const float* packed, int nthreads);

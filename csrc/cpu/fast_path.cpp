@@ -35,6 +35,10 @@ at::Tensor conv3x3_bias_act_cpu(const at::Tensor& x, const at::Tensor& w, const 
                                 bool relu6);
 at::Tensor dense_bias_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool relu6);
 at::Tensor dense_relu6_mean_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+at::Tensor stem_inverted_residual_cpu(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                      int64_t stem_stride, bool stem_relu6, const at::Tensor& w_dw,
+                                      const at::Tensor& b_dw, const at::Tensor& w_project,
+                                      const at::Tensor& b_project, int64_t stride, bool residual);
 
 namespace {
 
@@ -158,6 +162,8 @@ void register_fast_path(pybind11::module& m) {
   m.def("conv3x3_bias_act_cpu", &conv3x3_bias_act_cpu, "mnv2::conv3x3_bias_act's CPU kernel, no dispatcher.");
   m.def("dense_bias_act_cpu", &dense_bias_act_cpu, "mnv2::dense_bias_act's CPU kernel, no dispatcher.");
   m.def("dense_relu6_mean_cpu", &dense_relu6_mean_cpu, "mnv2::dense_relu6_mean's CPU kernel, no dispatcher.");
+  m.def("stem_inverted_residual_cpu", &stem_inverted_residual_cpu,
+        "mnv2::stem_inverted_residual's CPU kernel, no dispatcher.");
 }
 
 }  // namespace mnv2

@@ -192,6 +192,38 @@ PackCache& pack_cache() {
 
 void clear_pack_cache() { pack_cache().clear(); }
 
+// The packed weights of a block (w_expand, b_expand may be null), cached: the same entry serves
+// inverted_residual and stem_inverted_residual.
+at::Tensor block_packed(const cpu::KernelTable* k, const cpu::Dims& cd, cpu::DType dt,
+                        const std::array<const at::Tensor*, 6>& ws) {
+  return pack_cache().get(
+      ws, {0, cd.Cin, cd.Chid, cd.Cout, cd.has_expand, (int64_t)dt, (int64_t)(intptr_t)k, 0}, [&] {
+        std::array<at::Tensor, 6> c;
+        for (int i = 0; i < 6; ++i) {
+          if (ws[i] != nullptr && ws[i]->defined()) c[i] = ws[i]->contiguous();
+        }
+        at::Tensor p = packed_buffer(k->packed_floats(cd));
+        const cpu::WeightPtrs w{c[0].defined() ? c[0].data_ptr() : nullptr,
+                                c[1].defined() ? c[1].data_ptr() : nullptr, c[2].data_ptr(), c[3].data_ptr(),
+                                c[4].data_ptr(), c[5].data_ptr()};
+        k->pack(p.data_ptr<float>(), cd, dt, w);
+        return p;
+      });
+}
+
+// The packed weights of a dense 3x3 convolution (w [Cout, Cin, 3, 3], b [Cout] fp32), cached; element 0 is 0
+// when a weight is not finite.
+at::Tensor conv3x3_packed(const cpu::KernelTable* k, const at::Tensor& w, const at::Tensor& b, int64_t Cin,
+                          int64_t Cout) {
+  return pack_cache().get({&w, &b, nullptr, nullptr, nullptr, nullptr},
+                          {1, Cin, Cout, 0, 0, 0, (int64_t)(intptr_t)k, 0}, [&] {
+    const at::Tensor wc = w.contiguous(), bc = b.contiguous();
+    at::Tensor p = packed_buffer(k->conv3x3_packed_floats(Cin, Cout));
+    k->conv3x3_pack(p.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(), Cin, Cout);
+    return p;
+  });
+}
+
 }  // namespace
 
 // The CPU kernel of mnv2::inverted_residual. Shapes: see the header comment and docs/CONTRACT.md.
@@ -212,22 +244,9 @@ at::Tensor inverted_residual_cpu(const at::Tensor& x, const c10::optional<at::Te
   const cpu::KernelTable* k = kernel();
   const cpu::Dims cd{d.N, d.Cin, d.H, d.W, d.Chid, d.Cout, d.Ho, d.Wo, d.stride, d.has_expand, d.residual};
   const cpu::DType dt = x.scalar_type() == at::kFloat ? cpu::DType::F32 : cpu::DType::BF16;
-  const std::array<const at::Tensor*, 6> ws{w_expand.has_value() ? &*w_expand : nullptr,
-                                            b_expand.has_value() ? &*b_expand : nullptr, &w_dw, &b_dw, &w_project,
-                                            &b_project};
-  const at::Tensor packed = pack_cache().get(
-      ws, {0, d.Cin, d.Chid, d.Cout, d.has_expand, (int64_t)dt, (int64_t)(intptr_t)k, 0}, [&] {
-        std::array<at::Tensor, 6> c;
-        for (int i = 0; i < 6; ++i) {
-          if (ws[i] != nullptr && ws[i]->defined()) c[i] = ws[i]->contiguous();
-        }
-        at::Tensor p = packed_buffer(k->packed_floats(cd));
-        const cpu::WeightPtrs w{c[0].defined() ? c[0].data_ptr() : nullptr,
-                                c[1].defined() ? c[1].data_ptr() : nullptr, c[2].data_ptr(), c[3].data_ptr(),
-                                c[4].data_ptr(), c[5].data_ptr()};
-        k->pack(p.data_ptr<float>(), cd, dt, w);
-        return p;
-      });
+  const at::Tensor packed = block_packed(k, cd, dt, {w_expand.has_value() ? &*w_expand : nullptr,
+                                                      b_expand.has_value() ? &*b_expand : nullptr, &w_dw, &b_dw,
+                                                      &w_project, &b_project});
   const bool ok = k->run(xc.data_ptr(), out.data_ptr(), dt, cd, packed.data_ptr<float>(), at::get_num_threads());
   TORCH_CHECK(ok, "mnv2.inverted_residual: out of memory allocating the CPU kernel's scratch buffers (about "
               "(stride*R+2)*(W+2)*Chid floats per thread); free memory or run fewer threads");
@@ -243,38 +262,43 @@ void check_f32_cpu(const char* op, const char* name, const at::Tensor& t) {
 }
 }  // namespace
 
+namespace {
+// The arguments of a dense 3x3 convolution (padding 1) the kernel serves: x [N, Cin, H, W], w [Cout, Cin, 3, 3],
+// b [Cout], float32 CPU, stride 1 or 2, conv3x3_supported(Cin, Cout). wn, bn, sn: the argument names in op.
+void check_conv3x3_args(const char* op, const cpu::KernelTable* k, const at::Tensor& x, const at::Tensor& w,
+                        const at::Tensor& b, int64_t stride, const char* wn, const char* bn, const char* sn) {
+  check_f32_cpu(op, "x", x);
+  check_f32_cpu(op, wn, w);
+  check_f32_cpu(op, bn, b);
+  TORCH_CHECK_VALUE(x.dim() == 4, "mnv2.", op, ": x must be [N, Cin, H, W], got ", x.sizes());
+  const int64_t Cin = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == Cin && w.size(2) == 3 && w.size(3) == 3, "mnv2.", op,
+                    ": ", wn, " must be [Cout, ", Cin, ", 3, 3], got ", w.sizes());
+  const int64_t Cout = w.size(0);
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == Cout, "mnv2.", op, ": ", bn, " must be [", Cout, "], got ",
+                    b.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "mnv2.", op, ": ", sn, " must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(H >= 1 && W >= 1, "mnv2.", op, ": x must have H, W >= 1, got ", x.sizes());
+  TORCH_CHECK_VALUE(k->conv3x3_supported(Cin, Cout), "mnv2.", op, ": supports Cin <= 64 and Cout <= ",
+                    8 * k->vec, " on ", k->isa, ", got ", Cin, " -> ", Cout, "; use F.conv2d");
+}
+}  // namespace
+
 // mnv2::conv3x3_bias_act: y = act(conv2d(x, w, b, stride, padding=1)), act = ReLU6 or none (the stem of
 // MobileNetV2). x [N, Cin, H, W] float32 CPU, w [Cout, Cin, 3, 3], b [Cout]; Cin <= 64, Cout <= 8 vectors
 // (64 on AVX2, 128 on AVX-512). Returns [N, Cout, Ho, Wo] in x's memory format.
 at::Tensor conv3x3_bias_act_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
                                 bool relu6) {
   const char* op = "conv3x3_bias_act";
-  check_f32_cpu(op, "x", x);
-  check_f32_cpu(op, "w", w);
-  check_f32_cpu(op, "b", b);
-  TORCH_CHECK_VALUE(x.dim() == 4, "mnv2.", op, ": x must be [N, Cin, H, W], got ", x.sizes());
-  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == Cin && w.size(2) == 3 && w.size(3) == 3, "mnv2.", op,
-                    ": w must be [Cout, ", Cin, ", 3, 3], got ", w.sizes());
-  const int64_t Cout = w.size(0);
-  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == Cout, "mnv2.", op, ": b must be [", Cout, "], got ", b.sizes());
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "mnv2.", op, ": stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(H >= 1 && W >= 1, "mnv2.", op, ": x must have H, W >= 1, got ", x.sizes());
   const cpu::KernelTable* k = kernel();
-  TORCH_CHECK_VALUE(k->conv3x3_supported(Cin, Cout), "mnv2.", op, ": supports Cin <= 64 and Cout <= ",
-                    8 * k->vec, " on ", k->isa, ", got ", Cin, " -> ", Cout, "; use F.conv2d");
+  check_conv3x3_args(op, k, x, w, b, stride, "w", "b", "stride");
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = w.size(0);
   const int64_t Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
   const bool out_cl = wants_channels_last(x);
   at::Tensor out = at::empty({N, Cout, Ho, Wo}, x.options(), at::MemoryFormat::ChannelsLast);
   if (N == 0) return out_cl ? out : out.contiguous();
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor packed = pack_cache().get({&w, &b, nullptr, nullptr, nullptr, nullptr},
-                                             {1, Cin, Cout, 0, 0, 0, (int64_t)(intptr_t)k, 0}, [&] {
-    const at::Tensor wc = w.contiguous(), bc = b.contiguous();
-    at::Tensor p = packed_buffer(k->conv3x3_packed_floats(Cin, Cout));
-    k->conv3x3_pack(p.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(), Cin, Cout);
-    return p;
-  });
+  const at::Tensor packed = conv3x3_packed(k, w, b, Cin, Cout);
   if (packed.data_ptr<float>()[0] == 0.f) {
     // A NaN/Inf weight: ATen's dense convolution multiplies the zero padding by the weights (0 * Inf = NaN)
     // where the kernel skips padding taps; let ATen compute it so that NaN/Inf come out where they would.
@@ -284,6 +308,53 @@ at::Tensor conv3x3_bias_act_cpu(const at::Tensor& x, const at::Tensor& w, const 
   }
   k->conv3x3_run(xc.data_ptr<float>(), out.data_ptr<float>(), N, H, W, Cin, Cout, stride, relu6,
                  packed.data_ptr<float>(), at::get_num_threads());
+  return out_cl ? out : out.contiguous();
+}
+
+// mnv2::stem_inverted_residual: the stem convolution and the first block as one pass (issue 14),
+//   h = act(conv2d(x, w_stem, b_stem, stem_stride, padding=1)), act = ReLU6 or none   [N, C1, H1, W1]
+//   y = inverted_residual(h, None, None, w_dw, b_dw, w_project, b_project, stride, residual)
+// without h ever in memory (the kernel computes its rows into the block's ring). x [N, Cin, H, W], w_stem
+// [C1, Cin, 3, 3], b_stem [C1], w_dw [C1, 3, 3], b_dw [C1], w_project [Cout, C1], b_project [Cout]: float32 CPU
+// tensors; the stem as conv3x3_bias_act allows. Returns [N, Cout, Ho, Wo] in x's memory format. With a
+// non-finite stem weight the stem runs on ATen (as conv3x3_bias_act does) and the block on its own.
+at::Tensor stem_inverted_residual_cpu(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                      int64_t stem_stride, bool stem_relu6, const at::Tensor& w_dw,
+                                      const at::Tensor& b_dw, const at::Tensor& w_project,
+                                      const at::Tensor& b_project, int64_t stride, bool residual) {
+  const char* op = "stem_inverted_residual";
+  const cpu::KernelTable* k = kernel();
+  check_conv3x3_args(op, k, x, w_stem, b_stem, stem_stride, "w_stem", "b_stem", "stem_stride");
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), C1 = w_stem.size(0);
+  const int64_t H1 = (H - 1) / stem_stride + 1, W1 = (W - 1) / stem_stride + 1;
+  TORCH_CHECK_VALUE(w_dw.dim() == 3 && w_dw.size(0) == C1, "mnv2.", op, ": w_dw must be [", C1,
+                    ", 3, 3] (one depthwise filter per stem output channel; the block has no expand conv), got ",
+                    w_dw.sizes());
+  // The block's checks (the same errors as inverted_residual's), on the shape of the stem's output.
+  const at::Tensor h_shape = at::empty({1}, x.options()).as_strided({N, C1, H1, W1}, {0, 0, 0, 0});
+  const BlockDims d = check_inverted_residual_args(h_shape, c10::nullopt, c10::nullopt, w_dw, b_dw, w_project,
+                                                   b_project, stride, residual);
+  check_f32_cpu(op, "w_dw", w_dw);
+  check_f32_cpu(op, "b_dw", b_dw);
+  check_f32_cpu(op, "w_project", w_project);
+  check_f32_cpu(op, "b_project", b_project);
+  const at::Tensor ps = conv3x3_packed(k, w_stem, b_stem, Cin, C1);
+  if (ps.data_ptr<float>()[0] == 0.f) {  // a NaN/Inf stem weight: see conv3x3_bias_act_cpu
+    return inverted_residual_cpu(conv3x3_bias_act_cpu(x, w_stem, b_stem, stem_stride, stem_relu6), c10::nullopt,
+                                 c10::nullopt, w_dw, b_dw, w_project, b_project, stride, residual);
+  }
+  const bool out_cl = wants_channels_last(x);
+  at::Tensor out = at::empty({d.N, d.Cout, d.Ho, d.Wo}, x.options(), at::MemoryFormat::ChannelsLast);
+  if (N == 0) return out_cl ? out : out.contiguous();
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);  // NHWC [N, H, W, Cin]
+  const cpu::Dims cd{d.N, d.Cin, d.H, d.W, d.Chid, d.Cout, d.Ho, d.Wo, d.stride, false, d.residual};
+  const at::Tensor pb = block_packed(k, cd, cpu::DType::F32, {nullptr, nullptr, &w_dw, &b_dw, &w_project,
+                                                              &b_project});
+  const cpu::StemArgs st{ps.data_ptr<float>(), H, W, Cin, stem_stride, stem_relu6};
+  const bool ok = k->run_stem(xc.data_ptr<float>(), out.data_ptr<float>(), cd, pb.data_ptr<float>(), st,
+                              at::get_num_threads());
+  TORCH_CHECK(ok, "mnv2.", op, ": out of memory allocating the CPU kernel's scratch buffers (about "
+              "(stride*R+2)*(W1+2)*C1 floats per thread); free memory or run fewer threads");
   return out_cl ? out : out.contiguous();
 }
 
@@ -512,6 +583,7 @@ TORCH_LIBRARY_IMPL(mnv2, CPU, m) {
   m.impl("conv3x3_bias_act", &mnv2::conv3x3_bias_act_cpu);
   m.impl("dense_bias_act", &mnv2::dense_bias_act_cpu);
   m.impl("dense_relu6_mean", &mnv2::dense_relu6_mean_cpu);
+  m.impl("stem_inverted_residual", &mnv2::stem_inverted_residual_cpu);
 }
 
 // torch.ops.mnv2.cpu_isa() -> str: the same as mnv2_kernels._C.cpu_isa().
@@ -521,6 +593,8 @@ TORCH_LIBRARY_FRAGMENT(mnv2, m) {
   m.def("conv3x3_bias_act(Tensor x, Tensor w, Tensor b, int stride, bool relu6) -> Tensor");
   m.def("dense_bias_act(Tensor x, Tensor w, Tensor b, bool relu6) -> Tensor");
   m.def("dense_relu6_mean(Tensor x, Tensor w, Tensor b) -> Tensor");
+  m.def("stem_inverted_residual(Tensor x, Tensor w_stem, Tensor b_stem, int stem_stride, bool stem_relu6, "
+        "Tensor w_dw, Tensor b_dw, Tensor w_project, Tensor b_project, int stride, bool residual) -> Tensor");
 }
 
 // `import mnv2_kernels._C` loads the library (and the registrations above); it also exposes the ISA choice.

@@ -38,7 +38,7 @@ const KernelTable* avx2_kernel() {
   static const KernelTable t{"avx2", MNV2_VW, &avx2::packed_floats, &avx2::pack, &avx2::run,
                              &avx2::conv3x3_supported, &avx2::conv3x3_packed_floats, &avx2::conv3x3_pack,
                              &avx2::conv3x3_run, &avx2::dense_packed_floats, &avx2::dense_pack, &avx2::dense_run,
-                             &avx2::dense_relu6_mean_run};
+                             &avx2::run_stem, &avx2::dense_relu6_mean_run};
   return &t;
 }
 }  // namespace cpu

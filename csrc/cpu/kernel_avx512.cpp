@@ -38,7 +38,7 @@ const KernelTable* avx512_kernel() {
   static const KernelTable t{"avx512", MNV2_VW, &avx512::packed_floats, &avx512::pack, &avx512::run,
                              &avx512::conv3x3_supported, &avx512::conv3x3_packed_floats, &avx512::conv3x3_pack,
                              &avx512::conv3x3_run, &avx512::dense_packed_floats, &avx512::dense_pack, &avx512::dense_run,
-                             &avx512::dense_relu6_mean_run};
+                             &avx512::run_stem, &avx512::dense_relu6_mean_run};
   return &t;
 }
 }  // namespace cpu

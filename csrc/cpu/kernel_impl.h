@@ -518,8 +518,17 @@ void pack(float* dst, const Dims& d, DType dt, const WeightPtrs& w) {
 //   x   : [N, H, W, Cin]   (NHWC, contiguous)
 //   out : [N, Ho, Wo, Cout] (NHWC, contiguous)
 // ---------------------------------------------------------------------------------------------------------
+// One row of a stem convolution (dense 3x3, padding 1, + bias + ReLU6) computed into the ring: defined with the
+// stem helpers below. ximg: the image [H, W, Cin] of StemArgs; r: the output row; dst: its pixel 0, ldo floats
+// between pixels (channels Cout..ldo untouched).
+void stem_row(const StemArgs& st, const float* ximg, int64_t r, int64_t Cout, float* dst, int64_t ldo);
+
+// stem == nullptr: x is the block input [N, H, W, Cin]. stem != nullptr (f32, no expand conv; issue 14): x is
+// the image [N, stem->H, stem->W, stem->Cin] and the block input (d.H x d.W x d.Cin) is the stem convolution's
+// output, computed row by row into the ring and never written to memory; the residual (if any) reads it there.
 template <typename T>
-bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthreads) {
+bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthreads,
+               const StemArgs* stem = nullptr) {
   constexpr bool kF32 = std::is_same<T, float>::value;
   const Layout l = layout(d);
   const int64_t N = d.N, H = d.H, W = d.W, Cin = d.Cin, Cout = d.Cout, Ho = d.Ho, Wo = d.Wo, s = d.stride;
@@ -598,7 +607,7 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
     const int64_t n = u / bands;
     const int64_t ho_beg = (u % bands) * band_rows;
     const int64_t ho_end = std::min(Ho, ho_beg + band_rows);
-    const T* ximg = x + n * H * W * Cin;
+    const T* ximg = x + n * H * W * Cin;  // (unused with a stem)
     T* oimg = out + n * Ho * Wo * Cout;
     int64_t next_row = std::max<int64_t>(0, ho_beg * s - 1);  // first image row not yet in the ring
 
@@ -631,6 +640,10 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
           // Ncols = Chid, not Cp: the padded channels Chid..Cp of the ring stay the memset zeros (computing
           // them would give relu6(Inf * 0) = NaN for an Inf input pixel, which the project would then spread).
           gemm_rows<kActRelu6, false>(nr * W, Cin, d.Chid, pa, wexp, bexp, pc, nullptr);
+        } else if (stem != nullptr) {
+          // the stem convolution's rows (channels Cin..Cp and pixels 0, W+1 stay zero)
+          const float* img = reinterpret_cast<const float*>(x) + n * stem->H * stem->W * stem->Cin;
+          for (int64_t r = r_beg; r < hi; ++r) stem_row(*stem, img, r, Cin, ring + (r % S) * row_floats + Cp, Cp);
         } else {
           // no expand conv: the "expanded" row is x itself (channels Cin..Cp stay zero)
           for (int64_t r = r_beg; r < hi; ++r) {
@@ -668,9 +681,14 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
         float* orow = reinterpret_cast<float*>(oimg) + h0 * Wo * Cout;
         for (int64_t m = 0; m < M; ++m) pc[m] = orow + m * Cout;
         if (residual) {
-          // stride 1 and Cin == Cout: output pixel (h, w) adds input pixel (h, w)
-          const float* xrow = reinterpret_cast<const float*>(ximg) + h0 * W * Cin;
-          for (int64_t m = 0; m < M; ++m) pr[m] = xrow + m * Cin;
+          // stride 1 and Cin == Cout: output pixel (h, w) adds input pixel (h, w) (with a stem: its ring row,
+          // which the depthwise of output row h needed too, so it is still there)
+          if (stem != nullptr) {
+            for (int64_t m = 0; m < M; ++m) pr[m] = ring + ((h0 + m / Wo) % S) * row_floats + (m % Wo + 1) * Cp;
+          } else {
+            const float* xrow = reinterpret_cast<const float*>(ximg) + h0 * W * Cin;
+            for (int64_t m = 0; m < M; ++m) pr[m] = xrow + m * Cin;
+          }
           gemm_rows<kActNone, true>(M, Cp, Cout, pa, wproj, bproj, pc, pr);
         } else {
           gemm_rows<kActNone, false>(M, Cp, Cout, pa, wproj, bproj, pc, nullptr);
@@ -742,7 +760,7 @@ void conv3x3_pack(float* p, const float* w, const float* b, int64_t Cin, int64_t
 // INTERIOR; else taps outside the image are skipped, as ATen's convolution skips padding).
 template <int NV, int PX, bool INTERIOR>
 inline void conv3x3_px(const float* const rows[3], int64_t W, int64_t Cin, int64_t s, int64_t wo0, const float* pw,
-                       const float* pb, int64_t Coutp, int64_t Cout, bool relu6, float* out) {
+                       const float* pb, int64_t Coutp, int64_t Cout, bool relu6, float* out, int64_t ldo) {
   vf acc[PX][NV];
 #pragma GCC unroll 8
   for (int j = 0; j < NV; ++j) {
@@ -788,23 +806,24 @@ inline void conv3x3_px(const float* const rows[3], int64_t W, int64_t Cin, int64
     for (int j = 0; j < NV; ++j) {
       vf v = acc[i][j];
       if (relu6) v = relu6_nan(v, zero, six);
-      float* o = out + (wo0 + i) * Cout + j * kVec;
+      float* o = out + (wo0 + i) * ldo + j * kVec;
       if (j == NV - 1 && last != kVec) vstore_m(o, m, v);
       else vstore(o, v);
     }
   }
 }
 
+// out: [Wo] pixels ldo floats apart (Cout channels written; ldo >= Cout)
 template <int NV>
 void conv3x3_row(const float* const rows[3], int64_t W, int64_t Wo, int64_t Cin, int64_t s, const float* pw,
-                 const float* pb, int64_t Coutp, int64_t Cout, bool relu6, float* out) {
+                 const float* pb, int64_t Coutp, int64_t Cout, bool relu6, float* out, int64_t ldo) {
   // interior columns: wo*s - 1 >= 0 and wo*s + 1 <= W - 1
   const int64_t lo = 1, hi = W >= 2 ? std::min<int64_t>(Wo, (W - 2) / s + 1) : 0;  // [lo, hi) interior
   int64_t wo = 0;
-  for (; wo < std::min(lo, Wo); ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out);
-  for (; wo + 4 <= hi; wo += 4) conv3x3_px<NV, 4, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out);
-  for (; wo < hi; ++wo) conv3x3_px<NV, 1, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out);
-  for (; wo < Wo; ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out);
+  for (; wo < std::min(lo, Wo); ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
+  for (; wo + 4 <= hi; wo += 4) conv3x3_px<NV, 4, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
+  for (; wo < hi; ++wo) conv3x3_px<NV, 1, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
+  for (; wo < Wo; ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
 }
 
 // x: [N, H, W, Cin] fp32, out: [N, Ho, Wo, Cout] fp32 (NHWC). Units: (image, output row).
@@ -828,7 +847,7 @@ bool conv3x3_run(const float* x, float* out, int64_t N, int64_t H, int64_t W, in
       }
       float* o = out + (n * Ho + ho) * Wo * Cout;
       switch (nv) {
-#define MNV2_C(NVV) case NVV: conv3x3_row<NVV>(rows, W, Wo, Cin, s, pw, pb, Coutp, Cout, relu6, o); break;
+#define MNV2_C(NVV) case NVV: conv3x3_row<NVV>(rows, W, Wo, Cin, s, pw, pb, Coutp, Cout, relu6, o, Cout); break;
         MNV2_C(1) MNV2_C(2) MNV2_C(3) MNV2_C(4) MNV2_C(5) MNV2_C(6) MNV2_C(7) MNV2_C(8)
 #undef MNV2_C
         default: break;
@@ -837,6 +856,31 @@ bool conv3x3_run(const float* x, float* out, int64_t N, int64_t H, int64_t W, in
   };
   ::mnv2::cpu::parallel_units(N * units_per_img, nthreads, unit_fn);
   return true;
+}
+
+void stem_row(const StemArgs& st, const float* ximg, int64_t r, int64_t Cout, float* dst, int64_t ldo) {
+  const int64_t H = st.H, W = st.W, Cin = st.Cin, s = st.stride;
+  const int64_t Wo = (W - 1) / s + 1, Coutp = round_up(Cout, kVec);
+  const float* pw = st.packed + 16;
+  const float* pb = pw + round_up(9 * Cin * Coutp, 16);
+  const float* rows[3];
+  for (int ky = 0; ky < 3; ++ky) {
+    const int64_t rr = r * s - 1 + ky;
+    rows[ky] = (rr < 0 || rr >= H) ? nullptr : ximg + rr * W * Cin;
+  }
+  switch (Coutp / kVec) {
+#define MNV2_C(NVV) case NVV: conv3x3_row<NVV>(rows, W, Wo, Cin, s, pw, pb, Coutp, Cout, st.relu6, dst, ldo); break;
+    MNV2_C(1) MNV2_C(2) MNV2_C(3) MNV2_C(4) MNV2_C(5) MNV2_C(6) MNV2_C(7) MNV2_C(8)
+#undef MNV2_C
+    default: break;
+  }
+}
+
+// The stem convolution + the block as one pass (KernelTable::run_stem): x [N, stem.H, stem.W, stem.Cin] fp32,
+// out [N, Ho, Wo, Cout]; d: the block, its input being the stem's output (d.H, d.W, d.Cin = stem Cout).
+bool run_stem(const float* x, float* out, const Dims& d, const float* packed, const StemArgs& stem, int nthreads) {
+  if (d.has_expand) return false;  // the binding never asks (the stem feeds the depthwise directly)
+  return run_block<float>(x, out, d, packed, nthreads, &stem);
 }
 
 // --- dense layer: out[m, :] = act(x[m, :] . W^T + b) ----------------------------------------------------------
