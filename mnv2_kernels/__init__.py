@@ -10,12 +10,12 @@ in Triton's interpreter with TRITON_INTERPRET=1), "reference" (plain PyTorch), "
 """
 from . import ops
 from .folding import FoldedBlock, fold_block, fold_conv_bn
-from .fuse import BlockReport, FuseReport, fuse
+from .fuse import BlockReport, FuseReport, fuse, prepare
 from .modules import FusedInvertedResidual, FusedPathWarning, refresh
 from .recognize import BlockPlan, NotFusable, recognize_block
 from .reference import inverted_residual_reference
 
-__all__ = ["ops", "fuse", "refresh", "FuseReport", "BlockReport", "FusedInvertedResidual", "FusedPathWarning",
+__all__ = ["ops", "fuse", "prepare", "refresh", "FuseReport", "BlockReport", "FusedInvertedResidual", "FusedPathWarning",
            "BlockPlan", "NotFusable",
            "recognize_block", "fold_block", "fold_conv_bn", "FoldedBlock", "inverted_residual_reference",
            "models"]

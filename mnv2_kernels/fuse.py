@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -151,7 +152,7 @@ def _fold_conv_bn_modules(model: nn.Module, taken: List[str], report: "FuseRepor
 
 
 def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold_conv_bn: bool = True,
-         return_report: bool = False):
+         return_report: bool = False, prepare: bool = True):
     """Returns ``model`` with every inverted-residual block it recognises replaced by a FusedInvertedResidual.
 
     Blocks are recognised by what their forward computes (mnv2_kernels.recognize), so torchvision's and
@@ -168,6 +169,11 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     ``inplace=False`` works on a deep copy. With ``return_report=True`` returns (model, FuseReport); the
     report is also logged on the "mnv2_kernels" logger (INFO). Skipped blocks (how many, why) and a model
     still in training mode are also a ``FusedPathWarning``.
+    ``prepare`` (default True): when the fused model is in eval mode (every module), all its parameters and
+    buffers are float32 CPU tensors, the CPU extension is built and ``backend`` is "auto" or "cpu", the fused
+    layers' weights are folded and packed for the CPU kernel here (``mnv2_kernels.prepare``), not on the first
+    call: the first call is then as fast as the later ones, and the packed weights count as setup (as ONNX
+    Runtime packs at session creation). Same results either way; ``prepare=False`` leaves it to the first call.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"mnv2_kernels.fuse: expected a torch.nn.Module (your model), got {type(model).__name__}")
@@ -271,6 +277,9 @@ def fuse(model: nn.Module, *, backend: str = "auto", inplace: bool = False, fold
     for r in report:
         log.info("mnv2_kernels.fuse: %s", r)
     _warn_about(model, report)
+    if (prepare and backend in ("auto", "cpu") and not any(m.training for m in model.modules())
+            and _cpu_f32_tensors(model)):
+        _prepare(model)
     return (model, report) if return_report else model
 
 
@@ -301,3 +310,124 @@ def _warn_about(model: nn.Module, report: FuseReport) -> None:
         warnings.warn("mnv2_kernels.fuse: the model is in training mode, so nothing runs fused until you call "
                       ".eval() (training and eval with gradients enabled run the original layers)",
                       FusedPathWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# prepare(): the one-time weight work at setup instead of the first call (issue 14)
+# ------------------------------------------------------------------------------------------------------------
+_PREPARE_SIZE = 8   # the spatial size of the zero inputs prepare() runs (any size packs the same weights)
+
+
+def _cpu_f32_tensors(m: nn.Module) -> bool:
+    """Every floating parameter and buffer of ``m`` is float32 on the CPU, every other buffer on the CPU."""
+    for t in (*m.parameters(), *m.buffers()):
+        if t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32):
+            return False
+    return True
+
+
+def _own_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+
+
+def _prepare_input(m: nn.Module) -> Optional[torch.Tensor]:
+    """The zero input that runs ``m`` once down its fused CPU path, or None when ``m`` must not run now: a
+    layer in training mode, with hooks or an instance-level forward (its own or its layers'), weights that are
+    not float32 CPU tensors, a backend other than the CPU kernel, folded weights that would run the original
+    (non-finite), or an input size it cannot tell."""
+    from .stem_head import CPULinear
+    if m.training or _own_hooks(m) or not _cpu_f32_tensors(m):
+        return None
+    if isinstance(m, CPULinear):
+        if m.bias is None:
+            return None
+        return torch.zeros(1, m.in_features)
+    if not isinstance(m, (FusedInvertedResidual, FoldedConvBNAct)):
+        return None
+    st = m.__dict__["_struct"]
+    if st.plan is None or st.geometry is None or not m._unchanged(st):
+        return None   # a layer in training mode, with hooks, replaced, ...: its forward would run the original
+    if isinstance(m, FusedInvertedResidual):
+        backend = m.__dict__.get("backend")
+        if backend not in ("auto", "cpu") or backends.ROWS["cpu"]._refusals(torch.device("cpu"), torch.float32):
+            return None
+        cin = st.plan.in_channels
+        size = _PREPARE_SIZE
+    else:
+        conv = st.targets[0]
+        if not isinstance(conv, nn.Conv2d):
+            return None
+        cin = conv.in_channels
+        size = max(_PREPARE_SIZE, *(d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)))
+    if not isinstance(cin, int) or cin < 1:
+        return None
+    x = torch.zeros(1, cin, size, size)
+    entry = m._folded(st, x.dtype, x.device)   # folds (what the first call would do)
+    if entry.original_because is not None:
+        return None   # its forward would warn and run the original: leave that to a real call
+    return x
+
+
+def _prepare_layers(model: nn.Module) -> List[nn.Module]:
+    """The layers prepare() runs, in module order: fused modules, CPULinear, timm's folded stem / head."""
+    from .stem_head import CPULinear
+    timm_stem = sys.modules.get(__package__ + ".timm_stem")   # (imported by fuse() for timm models only)
+    out: List[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, (FusedInvertedResidual, FoldedConvBNAct, CPULinear)):
+            out.append(m)
+        pairs = timm_stem.folded_pairs(m) if timm_stem is not None else None
+        if pairs:   # holders outside the module tree; they follow the model's mode (timm_stem._mnv2_pair)
+            out += [p for p in pairs if p.training == m.training]
+    return out
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Folds and packs the weights of a fused model's layers now, so that its first call is as fast as the
+    later ones and the one-time weight work is part of setup (issue 14). ``fuse()`` calls it (``prepare=True``);
+    call it again after ``.eval()``, ``.to()`` or a weight change (``refresh()``), or leave it to the first call.
+
+    Each fused layer (FusedInvertedResidual, FoldedInvertedResidual, FoldedConvBNAct and its CPU kernel form,
+    CPULinear) runs its own forward once under ``torch.no_grad()`` on a small zero input (``[1, Cin, 8, 8]``;
+    ``[1, in_features]`` for a linear layer), which folds its BatchNorm into the weights, packs them for the CPU
+    kernel and records the fast path, exactly as a first call would; the MobileNetV2 classes' stem + block op
+    and pooled head then apply from the first real call. Nothing else changes: same results, parameters,
+    buffers (BatchNorm statistics included) and state dict.
+
+    A layer is left to its first call when it is in training mode, has forward hooks or an instance-level
+    forward (its own or one of its layers'), holds weights that are not float32 CPU tensors, runs a backend
+    other than the CPU kernel, or has non-finite folded weights; the whole model is left alone (a no-op) when
+    the CPU extension is not built, global module forward hooks are registered, or this runs under
+    torch.autocast, a forward-AD level, a torch function / dispatch mode, torch.jit tracing or
+    torch.compile. It never fires hooks or warns. Returns ``model``; TypeError when it is not an nn.Module.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"mnv2_kernels.prepare: expected a torch.nn.Module (a fused model), got "
+                        f"{type(model).__name__}")
+    from . import _ext
+    from .modules import _autocast_on, _modes_active
+    from torch.autograd import forward_ad
+    from torch.nn.modules import module as nn_module
+    probe = torch.zeros(())
+    if (_ext.CPU_EXT is None or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+            or _autocast_on(probe) or forward_ad._current_level >= 0 or _modes_active()
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return model
+    layers = _prepare_layers(model)
+    if not layers:
+        return model
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():   # (this order: inference_mode(False) enables grad mode)
+        warnings.simplefilter("ignore")   # (nothing should warn; a warning left over belongs to a real call)
+        for m in layers:
+            x = _prepare_input(m)
+            if x is None:
+                continue
+            warned = m.__dict__.get("_warned")
+            before = set(warned) if warned is not None else None
+            m.forward(x)   # the layer's own forward, not __call__: no hooks (it has none anyway)
+            if before is not None:
+                warned.intersection_update(before)   # a real call still warns once for anything seen here
+    return model
+
+
+_prepare = prepare   # (fuse's keyword argument `prepare` hides the function inside fuse)

@@ -214,7 +214,7 @@ def test_fused_path_is_really_taken(monkeypatch):
         monkeypatch.setattr(_ext.CPU_EXT, "inverted_residual_cpu",
                             lambda *args: (calls.append("cpu"), direct(*args))[1])
     model = randomize_bn_(mobilenet_v2().eval())
-    fused, report = mk.fuse(model, return_report=True)
+    fused, report = mk.fuse(model, return_report=True, prepare=False)  # (prepare: tests/test_prepare.py)
     assert [r.path for r in report.folded] == ["features.0", "features.18"]
     assert not fused.training and all(not m.training for m in fused.modules())
     with torch.inference_mode():

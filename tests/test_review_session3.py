@@ -117,17 +117,17 @@ def test_timm_head_with_an_infinite_bn_scale_matches_the_original():
 # returns bfloat16 (a different dtype and different numbers, silently). Under autocast the fused modules run
 # the original's forward.
 
-def _autocast_pair():
+def _autocast_pair(prepare=True):
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = randomize_bn_(torchvision.models.mobilenet_v2(num_classes=10), seed=0).eval()
-    fused = mk.fuse(copy.deepcopy(model))
+    fused = mk.fuse(copy.deepcopy(model), prepare=prepare)  # (prepare=False: no fast-path record yet)
     return model, fused
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["first_call", "after_fused_calls"])
 def test_autocast_gives_the_originals_dtype_and_numbers(warm):
-    model, fused = _autocast_pair()
+    model, fused = _autocast_pair(prepare=warm)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", mk.FusedPathWarning)
@@ -155,7 +155,7 @@ def test_autocast_gives_the_originals_dtype_and_numbers(warm):
 @pytest.mark.parametrize("warm", [False, True], ids=["first_call", "after_fused_calls"])
 def test_forward_ad_tangent_under_no_grad_is_the_originals(warm):
     import torch.autograd.forward_ad as fwAD
-    model, fused = _autocast_pair()   # torchvision MobileNetV2: blocks, folded stem / head, CPULinear
+    model, fused = _autocast_pair(prepare=warm)   # torchvision MobileNetV2: blocks, folded stem / head, CPULinear
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     t = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     outs = []
