@@ -15,8 +15,8 @@ from .modules import FusedInvertedResidual, FusedPathWarning, refresh
 from .recognize import BlockPlan, NotFusable, recognize_block
 from .reference import inverted_residual_reference
 
-__all__ = ["ops", "fuse", "prepare", "refresh", "FuseReport", "BlockReport", "FusedInvertedResidual", "FusedPathWarning",
-           "BlockPlan", "NotFusable",
+__all__ = ["ops", "fuse", "prepare", "refresh", "FuseReport", "BlockReport", "FusedInvertedResidual",
+           "FusedPathWarning", "BlockPlan", "NotFusable",
            "recognize_block", "fold_block", "fold_conv_bn", "FoldedBlock", "inverted_residual_reference",
            "models"]
 from ._version import __version__  # noqa: E402  (the one place the version is written)

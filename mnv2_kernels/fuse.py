@@ -416,7 +416,9 @@ def prepare(model: nn.Module) -> nn.Module:
     layers = _prepare_layers(model)
     if not layers:
         return model
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():   # (this order: inference_mode(False) enables grad mode)
+    # (in this order: inference_mode(False) turns grad mode back on; folded weights then get version counters
+    # even inside torch.inference_mode(), so the CPU kernel can cache their packed form)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # (nothing should warn; a warning left over belongs to a real call)
         for m in layers:
             x = _prepare_input(m)

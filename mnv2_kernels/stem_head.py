@@ -38,6 +38,7 @@ devices take the parents' paths.
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -273,17 +274,39 @@ _POOLED_HEAD_CLASSES = {_MNV2: PooledHeadMobileNetV2}
 from .models.mobilenet_v2 import InvertedResidual as _IR  # noqa: E402
 
 _IR_WRAPPERS = (_IR,)
-try:
-    from torchvision.models import MobileNetV2 as _TVMNV2
+
+
+def _register_torchvision(load: bool = False) -> None:
+    """Adds torchvision's MobileNetV2 / InvertedResidual to the tables above, once, when torchvision is already
+    imported (a torchvision model exists only then) or ``load``. Not at import: importing torchvision pulls in
+    torch.onnx, torch._dynamo, sympy and triton, ~150 MiB of resident memory a model of this package's own never
+    needs (issue 14, peak memory)."""
+    global _IR_WRAPPERS, PooledHeadTorchvisionMobileNetV2
+    if "PooledHeadTorchvisionMobileNetV2" in globals() or not (load or "torchvision" in sys.modules):
+        return
+    try:
+        from torchvision.models import MobileNetV2 as _TVMNV2
+        from torchvision.models.mobilenetv2 import InvertedResidual as _TVIR
+    except ImportError:  # torchvision is optional
+        return
 
     class PooledHeadTorchvisionMobileNetV2(_PooledHeadForward, _TVMNV2):
         """torchvision's MobileNetV2 with the head + pool fused on the CPU (set by use_cpu_kernels)."""
 
+    PooledHeadTorchvisionMobileNetV2.__qualname__ = "PooledHeadTorchvisionMobileNetV2"   # (pickle finds it here)
     _POOLED_HEAD_CLASSES[_TVMNV2] = PooledHeadTorchvisionMobileNetV2
-    from torchvision.models.mobilenetv2 import InvertedResidual as _TVIR
     _IR_WRAPPERS = (_IR, _TVIR)
-except ImportError:  # torchvision is optional
-    pass
+
+
+def __getattr__(name: str):
+    if name == "PooledHeadTorchvisionMobileNetV2":   # e.g. unpickling a fused torchvision model
+        _register_torchvision(load=True)
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_register_torchvision()
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:
@@ -293,6 +316,7 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
     is not built."""
     if not _HAVE_OPS:
         return model
+    _register_torchvision()
     for m in model.modules():
         if type(m) is FoldedConvBNAct:
             m.__class__ = CPUFoldedConvBNAct

@@ -235,3 +235,21 @@ def test_prepare_rejects_what_is_not_a_module():
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         mnv2_kernels.prepare("model")
     assert mnv2_kernels.prepare(nn.Linear(2, 2)) is not None   # nothing fused: nothing to do
+
+
+def test_fusing_a_model_of_this_package_does_not_import_torchvision():
+    """fuse() registers torchvision's MobileNetV2 classes only when torchvision is already imported: importing it
+    pulls in torch.onnx, torch._dynamo, sympy and triton, ~150 MiB of resident memory (issue 14, peak memory)."""
+    pytest.importorskip("torchvision")
+    import subprocess
+    import sys
+    code = ("import sys, torch, mnv2_kernels\n"
+            "m = mnv2_kernels.fuse(mnv2_kernels.models.mobilenet_v2().eval())\n"
+            "assert 'torchvision' not in sys.modules, 'fuse imported torchvision'\n"
+            "import torchvision\n"
+            "t = mnv2_kernels.fuse(torchvision.models.mobilenet_v2().eval())\n"
+            "print(type(m).__name__, type(t).__name__, all(q.__dict__['_fastpath'] is not None\n"
+            "      for q in t.modules() if type(q) is mnv2_kernels.FusedInvertedResidual))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["PooledHeadMobileNetV2", "PooledHeadTorchvisionMobileNetV2", "True"]
