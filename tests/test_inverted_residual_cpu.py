@@ -477,3 +477,51 @@ def test_forked_child_runs_the_kernel():
     finally:
         torch.set_num_threads(old)
     assert status == 0
+
+
+@pytest.fixture
+def restore_split():
+    prev = _ext.CPU_EXT.set_split_max_pixels(49)
+    _ext.CPU_EXT.set_split_max_pixels(prev)
+    yield
+    _ext.CPU_EXT.set_split_max_pixels(prev)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("cfg", [(1, 160, 6, 160, 7, 7, 1, True), (1, 96, 6, 160, 14, 14, 2, False),
+                                 (1, 64, 6, 64, 14, 14, 1, True), (1, 32, 6, 64, 28, 28, 2, False),
+                                 (1, 20, 3, 17, 5, 7, 1, False), (2, 24, 4, 24, 9, 9, 1, True),
+                                 (1, 8, 2, 8, 1, 1, 2, False)],
+                         ids=lambda c: "n{}_cin{}_t{}_cout{}_{}x{}_s{}_res{}".format(*c))
+def test_channel_split_equals_row_bands(cfg, threads, restore_split, restore_isa):
+    """Small images with fewer images than threads run split by channels in two phases (kernel_impl.h,
+    run_block_split); each output element sums the same terms in the same order as the row-band path, so
+    the two agree bit for bit, NaN/Inf included, and both match the float64 reference."""
+    n, cin, t, cout, h, w, stride, residual = cfg
+    ws = make_weights(cin, t, cout, seed=11)
+    x = make_input(n, cin, h, w, "cl", torch.float32, seed=12)
+    x[0, 1, 0, 0] = float("nan")
+    x[-1, 2, h // 2, w // 2] = float("inf")
+    ref = reference64(x, *ws, stride, residual)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for isa in _available_isas():
+            _ext.CPU_EXT.set_cpu_isa(isa)
+            _ext.CPU_EXT.set_split_max_pixels(10 ** 6)
+            ys = op(x, *ws, stride, residual)
+            _ext.CPU_EXT.set_split_max_pixels(0)
+            yb = op(x, *ws, stride, residual)
+            assert torch.equal(torch.isnan(ys), torch.isnan(ref)) and torch.equal(torch.isnan(yb), torch.isnan(ref))
+            assert torch.equal(ys.nan_to_num(), yb.nan_to_num()), f"{isa}: split and bands differ"
+            fin = torch.isfinite(ref)
+            if fin.any():
+                check_close(ys[fin], ref[fin], torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_split_max_pixels_setter_returns_the_previous_value(restore_split):
+    prev = _ext.CPU_EXT.set_split_max_pixels(123)
+    assert _ext.CPU_EXT.set_split_max_pixels(prev) == 123
+    assert _ext.CPU_EXT.set_split_max_pixels(-5) == prev and _ext.CPU_EXT.set_split_max_pixels(prev) == 0

@@ -140,6 +140,13 @@ const ExKernelTable* avx2_ex_kernel();    // nullptr when the compiler could not
 const ExKernelTable* avx512_ex_kernel();  // nullptr when the compiler could not build it
 
 
+// Blocks (f32, with expand conv) whose input has at most this many pixels (H*W; default 49), with fewer images
+// than threads, run in two phases split by channels (kernel_impl.h, run_block_split) instead of row bands.
+// MNV2_CPU_SPLIT_PIXELS sets it at the first call (0: never); set_split_max_pixels (mnv2_kernels._C) for tests
+// and benchmarks, returns the old one.
+int64_t split_max_pixels();
+int64_t set_split_max_pixels(int64_t pixels);
+
 // ---------------------------------------------------------------------------------------------------------
 // Thread pool (thread_pool.cpp). parallel_units(n, nthreads, fn, ctx) calls fn(ctx, u) once for every
 // u in [0, n): the calling thread claims units itself, and up to nthreads-1 pool threads join while units

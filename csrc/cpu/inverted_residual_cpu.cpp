@@ -614,6 +614,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_se_scratch_bytes", &mnv2::set_se_scratch_bytes, pybind11::arg("bytes"),
         "Squeeze-excite blocks: one image's depthwise output stays in thread scratch (single pass) up to this many "
         "bytes (default 4 MiB, MNV2_CPU_SE_SCRATCH_BYTES), else two passes; returns the previous value.");
+  m.def("set_split_max_pixels", &mnv2::cpu::set_split_max_pixels, pybind11::arg("pixels"),
+        "Blocks whose input has at most this many pixels (H*W), with fewer images than threads, run split by "
+        "channels in two phases instead of row bands (default 49, MNV2_CPU_SPLIT_PIXELS; 0: never); returns the "
+        "previous value.");
   m.def("clear_ex_pack_cache", &mnv2::clear_ex_pack_cache,
         "Drops the generalised block's cached packed weights (clear_pack_cache drops them too).");
   m.def("clear_pack_cache", [] { mnv2::clear_pack_cache(); mnv2::clear_ex_pack_cache(); },

@@ -369,41 +369,48 @@ void gemm_rows(int64_t M, int64_t K, int64_t Ncols, const float* const* a, const
 //   out     : [Wo][Cp] floats
 // Channels are vectorised (Cp % kVec == 0); 4 output pixels at a time for independent FMA chains.
 // ---------------------------------------------------------------------------------------------------------
+// General strides (the two-phase split, run_block_split): C channels (C % kVec == 0) computed, rows' pixels ldi
+// floats apart, out's pixels ldo apart, taps ldw apart in wdw.
 template <int S>
-void dw_row(const float* const rows[3], const float* wdw, const float* bdw, float* out, int64_t Wo, int64_t Cp) {
+void dw_row(const float* const rows[3], const float* wdw, const float* bdw, float* out, int64_t Wo, int64_t C,
+            int64_t ldi, int64_t ldo, int64_t ldw) {
   const vf zero = vzero();
   const vf six = vset1(6.0f);
   const float* r0 = rows[0];
   const float* r1 = rows[1];
   const float* r2 = rows[2];
-  for (int64_t cc = 0; cc < Cp; cc += kVec) {
-    const vf w00 = vloada(wdw + 0 * Cp + cc), w01 = vloada(wdw + 1 * Cp + cc), w02 = vloada(wdw + 2 * Cp + cc),
-             w10 = vloada(wdw + 3 * Cp + cc), w11 = vloada(wdw + 4 * Cp + cc), w12 = vloada(wdw + 5 * Cp + cc),
-             w20 = vloada(wdw + 6 * Cp + cc), w21 = vloada(wdw + 7 * Cp + cc), w22 = vloada(wdw + 8 * Cp + cc);
+  for (int64_t cc = 0; cc < C; cc += kVec) {
+    const vf w00 = vloada(wdw + 0 * ldw + cc), w01 = vloada(wdw + 1 * ldw + cc), w02 = vloada(wdw + 2 * ldw + cc),
+             w10 = vloada(wdw + 3 * ldw + cc), w11 = vloada(wdw + 4 * ldw + cc), w12 = vloada(wdw + 5 * ldw + cc),
+             w20 = vloada(wdw + 6 * ldw + cc), w21 = vloada(wdw + 7 * ldw + cc), w22 = vloada(wdw + 8 * ldw + cc);
     const vf bb = vloada(bdw + cc);
     auto one = [&](int64_t wo) -> vf {
-      const int64_t p = (wo * S) * Cp + cc;  // padded pixel wo*S is input column wo*S-1
+      const int64_t p = (wo * S) * ldi + cc;  // padded pixel wo*S is input column wo*S-1
       vf acc = vfma(vloada(r0 + p), w00, bb);
-      acc = vfma(vloada(r0 + p + Cp), w01, acc);
-      acc = vfma(vloada(r0 + p + 2 * Cp), w02, acc);
+      acc = vfma(vloada(r0 + p + ldi), w01, acc);
+      acc = vfma(vloada(r0 + p + 2 * ldi), w02, acc);
       acc = vfma(vloada(r1 + p), w10, acc);
-      acc = vfma(vloada(r1 + p + Cp), w11, acc);
-      acc = vfma(vloada(r1 + p + 2 * Cp), w12, acc);
+      acc = vfma(vloada(r1 + p + ldi), w11, acc);
+      acc = vfma(vloada(r1 + p + 2 * ldi), w12, acc);
       acc = vfma(vloada(r2 + p), w20, acc);
-      acc = vfma(vloada(r2 + p + Cp), w21, acc);
-      acc = vfma(vloada(r2 + p + 2 * Cp), w22, acc);
+      acc = vfma(vloada(r2 + p + ldi), w21, acc);
+      acc = vfma(vloada(r2 + p + 2 * ldi), w22, acc);
       return relu6_nan(acc, zero, six);
     };
     int64_t wo = 0;
     for (; wo + 4 <= Wo; wo += 4) {
       const vf v0 = one(wo), v1 = one(wo + 1), v2 = one(wo + 2), v3 = one(wo + 3);
-      vstorea(out + (wo + 0) * Cp + cc, v0);
-      vstorea(out + (wo + 1) * Cp + cc, v1);
-      vstorea(out + (wo + 2) * Cp + cc, v2);
-      vstorea(out + (wo + 3) * Cp + cc, v3);
+      vstorea(out + (wo + 0) * ldo + cc, v0);
+      vstorea(out + (wo + 1) * ldo + cc, v1);
+      vstorea(out + (wo + 2) * ldo + cc, v2);
+      vstorea(out + (wo + 3) * ldo + cc, v3);
     }
-    for (; wo < Wo; ++wo) vstorea(out + wo * Cp + cc, one(wo));
+    for (; wo < Wo; ++wo) vstorea(out + wo * ldo + cc, one(wo));
   }
+}
+template <int S>
+inline void dw_row(const float* const rows[3], const float* wdw, const float* bdw, float* out, int64_t Wo, int64_t Cp) {
+  dw_row<S>(rows, wdw, bdw, out, Wo, Cp, Cp, Cp, Cp);
 }
 
 // The same as dw_row, for depthwise weights that are not all finite: taps on the zero padding are skipped
@@ -600,7 +607,18 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
     float** pc = reinterpret_cast<float**>(of + n_of + 2 * mmax);
     const float** pr = reinterpret_cast<const float**>(of + n_of + 4 * mmax);
     if (zeroed_for != call_id) {
-      std::memset(zrow, 0, (size_t)(n_zrow + n_ring) * sizeof(float));
+      if (d.Chid == Cp) {
+        // every channel of ring pixels 1..W is written before it is read: zero only the zero row and each
+        // slot's padding pixels 0 and W+1 (the whole ring was ~0.3 MB per block and thread, ~4% of a batch-1
+        // forward)
+        std::memset(zrow, 0, (size_t)n_zrow * sizeof(float));
+        for (int64_t r = 0; r < S; ++r) {
+          std::memset(ring + r * row_floats, 0, (size_t)Cp * sizeof(float));
+          std::memset(ring + r * row_floats + (W + 1) * Cp, 0, (size_t)Cp * sizeof(float));
+        }
+      } else {
+        std::memset(zrow, 0, (size_t)(n_zrow + n_ring) * sizeof(float));
+      }
       zeroed_for = call_id;
     }
 
@@ -715,8 +733,125 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
   return !oom.load();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Small images with fewer images than threads (batch 1): run_block's bands recompute 1-2 halo rows of the
+// expand each (at 7x7 with two bands ~40% more expand work, at 14x14 ~15%), and two static bands leave one
+// thread waiting when the other starts late (a busy core). Here the block runs in two phases, each cut into
+// many small units that the threads claim as they come (parallel_units), with no recomputation:
+//   A. unit (image n, group of hidden-channel strips [j0, j1)): expand [H*W, Cin] x [Cin, G] + bias + ReLU6
+//      into a zero-bordered [H+2][W+2][G] buffer in thread scratch, then the depthwise + bias + ReLU6 of
+//      those channels into D[n] ([Ho*Wo][Cp], shared, in the calling thread's second scratch);
+//   B. unit (image n, chunk of output pixels, group of output strips): project D x [Cp, Cout] + bias (+ x).
+// Only for f32, with an expand conv and finite depthwise weights (else run_block). NaN/Inf: as run_block (the
+// padded channels Chid..Cp are never computed; they stay zeros in the buffer and in D).
+// ---------------------------------------------------------------------------------------------------------
+Scratch& shared_scratch() {  // the calling thread's D (helpers write into it through the unit closure)
+  static thread_local Scratch s;
+  return s;
+}
+
+bool run_block_split(const float* x, float* out, const Dims& d, const float* packed, int nthreads) {
+  const Layout l = layout(d);
+  const int64_t N = d.N, H = d.H, W = d.W, Cin = d.Cin, Cout = d.Cout, Ho = d.Ho, Wo = d.Wo, s = d.stride;
+  const int64_t Cp = l.Cp, HW = H * W, HWo = Ho * Wo;
+  const float* wexp = packed + l.o_wexp;
+  const float* bexp = packed + l.o_bexp;
+  const float* wdw = packed + l.o_wdw;
+  const float* bdw = packed + l.o_bdw;
+  const float* wproj = packed + l.o_wproj;
+  const float* bproj = packed + l.o_bproj;
+  const int64_t nth = std::max(1, nthreads);
+  float* D = shared_scratch().get(N * HWo * Cp);
+  if (D == nullptr) return false;
+  std::atomic<bool> oom{false};
+
+  // Phase A: groups of 3 strips (the GEMM's widest tile), at least ~4 units per thread when there are enough.
+  const int64_t hstrips = Cp / kVec;
+  int64_t gs = 3;
+  while (gs > 1 && N * ((hstrips + gs - 1) / gs) < 4 * nth) --gs;
+  const int64_t hgroups = (hstrips + gs - 1) / gs;
+  const int64_t Wp = W + 2;
+  auto unit_a = [&](int64_t u) {
+    const int64_t n = u / hgroups, j0 = (u % hgroups) * gs, j1 = std::min(hstrips, j0 + gs);
+    const int64_t c0 = j0 * kVec, G = (j1 - j0) * kVec, valid = std::min(d.Chid, j1 * kVec) - c0;
+    const int64_t n_e = round_up((H + 2) * Wp * G, 16);
+    const int64_t n_p = round_up(2 * HW * (int64_t)(sizeof(void*) / sizeof(float)), 16);
+    float* E = thread_scratch().get(n_e + n_p);
+    if (E == nullptr) {
+      oom.store(true);
+      return;
+    }
+    const float** pa = reinterpret_cast<const float**>(E + n_e);
+    float** pc = reinterpret_cast<float**>(E + n_e) + HW;
+    // zero borders (rows 0 and H+1, pixels 0 and W+1); channels valid..G of every pixel when the group has
+    // padded channels (the GEMM writes only the valid ones)
+    if (valid < G) {
+      std::memset(E, 0, (size_t)((H + 2) * Wp * G) * sizeof(float));
+    } else {
+      std::memset(E, 0, (size_t)(Wp * G) * sizeof(float));
+      std::memset(E + (H + 1) * Wp * G, 0, (size_t)(Wp * G) * sizeof(float));
+      for (int64_t h = 1; h <= H; ++h) {
+        std::memset(E + h * Wp * G, 0, (size_t)G * sizeof(float));
+        std::memset(E + (h * Wp + W + 1) * G, 0, (size_t)G * sizeof(float));
+      }
+    }
+    const float* ximg = x + n * HW * Cin;
+    for (int64_t m = 0; m < HW; ++m) {
+      pa[m] = ximg + m * Cin;
+      pc[m] = E + ((m / W + 1) * Wp + (m % W) + 1) * G;
+    }
+    gemm_rows<kActRelu6, false>(HW, Cin, valid, pa, wexp + j0 * Cin * kVec, bexp + c0, pc, nullptr);
+    float* Dn = D + n * HWo * Cp + c0;
+    for (int64_t ho = 0; ho < Ho; ++ho) {
+      const float* rows[3];
+      for (int ky = 0; ky < 3; ++ky) rows[ky] = E + (ho * s + ky) * Wp * G;
+      if (s == 1) dw_row<1>(rows, wdw + c0, bdw + c0, Dn + ho * Wo * Cp, Wo, G, G, Cp, Cp);
+      else dw_row<2>(rows, wdw + c0, bdw + c0, Dn + ho * Wo * Cp, Wo, G, G, Cp, Cp);
+    }
+  };
+  ::mnv2::cpu::parallel_units(N * hgroups, (int)nth, unit_a);
+  if (oom.load()) return false;
+
+  // Phase B: output strips in even groups of <= 3, pixel chunks (>= 8 pixels) for >= ~4 units per thread.
+  const int64_t ostrips = round_up(Cout, kVec) / kVec;
+  const int64_t og = (ostrips + (ostrips + 2) / 3 - 1) / ((ostrips + 2) / 3);
+  const int64_t ogroups = (ostrips + og - 1) / og;
+  int64_t pchunks = std::max<int64_t>(1, (4 * nth + N * ogroups - 1) / (N * ogroups));
+  pchunks = std::min(pchunks, std::max<int64_t>(1, HWo / 8));
+  const int64_t prow = (HWo + pchunks - 1) / pchunks;
+  pchunks = (HWo + prow - 1) / prow;
+  auto unit_b = [&](int64_t u) {
+    const int64_t n = u / (pchunks * ogroups), rest = u % (pchunks * ogroups);
+    const int64_t m0 = (rest / ogroups) * prow, m1 = std::min(HWo, m0 + prow);
+    const int64_t j0 = (rest % ogroups) * og, j1 = std::min(ostrips, j0 + og);
+    const int64_t c0 = j0 * kVec, ncols = std::min(Cout, j1 * kVec) - c0;
+    const int64_t M = m1 - m0;
+    float* t = thread_scratch().get(round_up(3 * M * (int64_t)(sizeof(void*) / sizeof(float)), 16));
+    if (t == nullptr) {
+      oom.store(true);
+      return;
+    }
+    const float** pa = reinterpret_cast<const float**>(t);
+    float** pc = reinterpret_cast<float**>(t) + M;
+    const float** pr = reinterpret_cast<const float**>(t) + 2 * M;
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t px = n * HWo + m0 + m;
+      pa[m] = D + px * Cp;
+      pc[m] = out + px * Cout + c0;
+      if (d.residual) pr[m] = x + px * Cin + c0;  // stride 1, Cin == Cout: output pixel px adds input pixel px
+    }
+    if (d.residual) gemm_rows<kActNone, true>(M, Cp, ncols, pa, wproj + j0 * Cp * kVec, bproj + c0, pc, pr);
+    else gemm_rows<kActNone, false>(M, Cp, ncols, pa, wproj + j0 * Cp * kVec, bproj + c0, pc, nullptr);
+  };
+  ::mnv2::cpu::parallel_units(N * pchunks * ogroups, (int)nth, unit_b);
+  return !oom.load();
+}
+
 bool run(const void* x, void* out, DType dt, const Dims& d, const float* packed, int nthreads) {
   if (dt == DType::F32) {
+    if (d.has_expand && packed[0] != 0.f && nthreads > 1 && d.N < nthreads && d.H * d.W <= split_max_pixels()) {
+      return run_block_split(static_cast<const float*>(x), static_cast<float*>(out), d, packed, nthreads);
+    }
     return run_block<float>(static_cast<const float*>(x), static_cast<float*>(out), d, packed, nthreads);
   }
   return run_block<uint16_t>(static_cast<const uint16_t*>(x), static_cast<uint16_t*>(out), d, packed, nthreads);

@@ -145,5 +145,26 @@ Pool& pool() {
 
 void parallel_units(int64_t n, int nthreads, UnitFn fn, void* ctx) { pool().run(n, nthreads, fn, ctx); }
 
+namespace {
+std::atomic<int64_t> g_split_pixels{-1};
+}
+int64_t split_max_pixels() {
+  int64_t v = g_split_pixels.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("MNV2_CPU_SPLIT_PIXELS");
+    // 7x7 inputs: there the split beat two row bands (1.42x vs 1.28x of one thread on MobileNetV2's 160 ->
+    // 960 -> 160 block, idle machine; 1.12x vs 0.92x with a busy core); at 14x14 the bands won (1.33-1.46x vs
+    // 0.93-1.28x): the phase-B reads of D cross cores (docs/cpu_runtime.md, issue 14)
+    v = (e && *e) ? std::max<int64_t>(0, std::atoll(e)) : 49;
+    g_split_pixels.store(v);
+  }
+  return v;
+}
+int64_t set_split_max_pixels(int64_t pixels) {
+  const int64_t prev = split_max_pixels();
+  g_split_pixels.store(std::max<int64_t>(0, pixels));
+  return prev;
+}
+
 }  // namespace cpu
 }  // namespace mnv2
