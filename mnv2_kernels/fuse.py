@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import backends, ops
-from .modules import FoldedConvBNAct, FoldedInvertedResidual, FusedInvertedResidual, FusedPathWarning
+from .modules import FoldedConvBNAct, FoldedInvertedResidual, FusedInvertedResidual, FusedPathWarning, _fallback_reason
 from .recognize import BlockPlanEx, NotFusable, recognize_block, recognize_block_ex, recognize_conv_bn
 
 log = logging.getLogger("mnv2_kernels")
@@ -345,8 +345,14 @@ def _prepare_input(m: nn.Module) -> Optional[torch.Tensor]:
     if not isinstance(m, (FusedInvertedResidual, FoldedConvBNAct)):
         return None
     st = m.__dict__["_struct"]
-    if st.plan is None or st.geometry is None or not m._unchanged(st):
-        return None   # a layer in training mode, with hooks, replaced, ...: its forward would run the original
+    if st.plan is None or not m._unchanged(st):
+        # recognised again (after refresh() or a changed attribute) as the next call would, unless a layer is in
+        # training mode or has hooks / an instance forward (its forward would run the original)
+        if _fallback_reason(m._build_structure(None, None).nodes) is not None:
+            return None
+        st = m._structure()
+        if st.plan is None or not m._unchanged(st):
+            return None
     if isinstance(m, FusedInvertedResidual):
         backend = m.__dict__.get("backend")
         if backend not in ("auto", "cpu") or backends.ROWS["cpu"]._refusals(torch.device("cpu"), torch.float32):
@@ -421,12 +427,14 @@ def prepare(model: nn.Module) -> nn.Module:
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # (nothing should warn; a warning left over belongs to a real call)
         for m in layers:
-            x = _prepare_input(m)
-            if x is None:
-                continue
             warned = m.__dict__.get("_warned")
             before = set(warned) if warned is not None else None
-            m.forward(x)   # the layer's own forward, not __call__: no hooks (it has none anyway)
+            try:
+                x = _prepare_input(m)
+                if x is not None:
+                    m.forward(x)   # the layer's own forward, not __call__: no hooks (it has none anyway)
+            except Exception:  # noqa: BLE001  (whatever it is, the first real call meets it and reports it)
+                pass
             if before is not None:
                 warned.intersection_update(before)   # a real call still warns once for anything seen here
     return model

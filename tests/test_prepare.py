@@ -186,6 +186,12 @@ def test_prepare_after_eval_and_to():
         assert all(q._fast(x) is not None for q in _layers(m))   # records valid for the new float32 tensors
     with torch.no_grad():
         assert torch.equal(m(x), mnv2_kernels.fuse(m0, prepare=False)(x))
+    mnv2_kernels.refresh(m)   # recognised and folded again: by the next call, or by prepare()
+    with torch.no_grad():
+        assert not any(q._fast(x) is not None for q in _layers(m))
+    mnv2_kernels.prepare(m)
+    with torch.no_grad():
+        assert all(q._fast(x) is not None for q in _layers(m))
 
 
 def test_prepare_never_warns_and_leaves_warnings_to_real_calls():
