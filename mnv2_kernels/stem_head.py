@@ -39,7 +39,8 @@ devices take the parents' paths.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+import weakref
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
-from .modules import _FAST_EXT, FoldedConvBNAct, FusedInvertedResidual, _autocast_on, _modes_active
+from .modules import _FAST_EXT, _MISSING, FoldedConvBNAct, FusedInvertedResidual, _autocast_on, _fast_valid, _modes_active
 
 _HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
 # What the modules' fast path (modules._FastPath) calls: the ops' CPU kernels without the dispatcher
@@ -183,6 +184,19 @@ STEM_INTO_BLOCK = True
 _IR_WRAPPERS: tuple = ()  # InvertedResidual classes whose forward is `self.conv(x)` when not use_res_connect
 
 
+def _fused_inner(blk: nn.Module) -> Optional[FusedInvertedResidual]:
+    """blk when it is a FusedInvertedResidual; its `conv` when blk is this package's or torchvision's
+    InvertedResidual without shortcut around one (its forward is then `self.conv(x)`); else None."""
+    if type(blk) is FusedInvertedResidual:
+        return blk
+    d = blk.__dict__
+    if (type(blk) not in _IR_WRAPPERS or d.get("use_res_connect") is not False or "forward" in d
+            or list(blk._modules) != ["conv"]):
+        return None
+    inner = blk._modules["conv"]
+    return inner if type(inner) is FusedInvertedResidual else None
+
+
 def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Tensor]:
     """feats[1](feats[0](x)) as one op (torch.ops.mnv2.stem_inverted_residual), or None when that does not
     apply (then nothing has run). It applies when feats[0] is a CPUFoldedConvBNAct and feats[1] a
@@ -195,16 +209,8 @@ def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Te
     stem, blk = feats[0], feats[1]
     if type(stem) is not CPUFoldedConvBNAct:
         return None
-    inner = blk
-    if type(blk) is not FusedInvertedResidual:
-        d = blk.__dict__
-        if (type(blk) not in _IR_WRAPPERS or d.get("use_res_connect") is not False or "forward" in d
-                or list(blk._modules) != ["conv"]):
-            return None
-        inner = blk._modules["conv"]
-        if type(inner) is not FusedInvertedResidual:
-            return None
-    if not _no_hooks(stem, blk, inner):
+    inner = _fused_inner(blk)
+    if inner is None or not _no_hooks(stem, blk, inner):
         return None
     fs = stem._fast(x)
     if fs is None or fs.call[0] is not _CONV3X3_RUN:
@@ -219,6 +225,96 @@ def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Te
     return _STEM_BLOCK_RUN(x, w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)
 
 
+# The whole feature stack as one recorded chain of kernel calls (session 4): after a forward in which every layer
+# took its fast path (the stem + block 1 op, every block, the pooled head), the next forwards check all those
+# layers' records in one fast_valid pass and run the recorded calls back to back, without a module call per
+# layer (~25 us of Python each between two kernels at batch 1: ~0.4 ms of a ~6 ms forward). False: per layer.
+CHAIN = True
+
+
+class _Chain(NamedTuple):
+    feats: nn.Sequential
+    device: torch.device
+    dtype: torch.dtype
+    types: tuple      # (module, its class) for every module the chain stands for
+    check: tuple      # (nodes, attrs, dicts, tensors) for fast_valid: every layer's record, plus the layers
+                      # themselves (no hooks, eval mode, the same record / cache / backend), the wrappers and feats
+    steps: tuple      # ((callable, args after h), ...): the stem + block 1 op, then each block
+    head: tuple       # (w, b) of the head for dense_relu6_mean
+
+
+_CHAINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Chain (never copied or pickled)
+
+
+def _layer_check(m: nn.Module, fp, nodes: list, attrs: list, dicts: list, tensors: list) -> None:
+    """Adds what m._fast(x) checks for the record fp, plus m's own hooks (its __call__ is skipped), to the lists."""
+    d = m.__dict__
+    nodes += fp.nodes
+    nodes.append((d, m._modules, tuple(m._modules.values()), True))
+    attrs += fp.attrs
+    attrs += [(d, "_fastpath", fp), (d, "training", False), (d, "_cache", fp.cache),
+              (d, "backend", d["backend"] if "backend" in d else _MISSING)]
+    dicts += fp.dicts
+    tensors += fp.tensors
+
+
+def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Optional[_Chain]:
+    """The chain of feats' recorded calls, or None when a layer has no record usable here."""
+    if len(feats) < 3 or type(feats[0]) is not CPUFoldedConvBNAct or type(feats[-1]) is not CPUFoldedConvBNAct:
+        return None
+    nodes: list = [(feats.__dict__, feats._modules, tuple(feats._modules.values()), False)]
+    attrs: list = []
+    dicts: list = []
+    tensors: list = []
+    types = [(feats, type(feats))]
+    stem, head = feats[0], feats[-1]
+    fs, fh = stem.__dict__.get("_fastpath"), head.__dict__.get("_fastpath")
+    if fs is None or fs.call[0] is not _CONV3X3_RUN or fh is None or fh.call[0] is not _DENSE_RUN or fh.call[1][2] is not True:
+        return None
+    _layer_check(stem, fs, nodes, attrs, dicts, tensors)
+    _layer_check(head, fh, nodes, attrs, dicts, tensors)
+    types += [(stem, type(stem)), (head, type(head))]
+    steps = []
+    ir_run = getattr(_FAST_EXT, "inverted_residual_cpu", None)
+    for i, blk in enumerate(list(feats)[1:-1], start=1):
+        inner = _fused_inner(blk)
+        fp = inner.__dict__.get("_fastpath") if inner is not None else None
+        if fp is None or fp.call[0] is not ir_run:
+            return None
+        if blk is not inner:
+            bd = blk.__dict__
+            nodes.append((bd, blk._modules, (inner,), False))
+            attrs.append((bd, "use_res_connect", False))
+            types.append((blk, type(blk)))
+        _layer_check(inner, fp, nodes, attrs, dicts, tensors)
+        types.append((inner, type(inner)))
+        if i == 1:
+            w_s, b_s, s_s, relu6 = fs.call[1]
+            w_e, _, w_dw, b_dw, w_p, b_p, stride, residual = fp.call[1]
+            if w_e is not None or w_s.shape[0] != w_dw.shape[0]:
+                return None
+            steps.append((_STEM_BLOCK_RUN, (w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)))
+        else:
+            steps.append(fp.call)
+    return _Chain(feats, x.device, x.dtype, tuple(types), (tuple(nodes), tuple(attrs), tuple(dicts), tuple(tensors)),
+                  tuple(steps), tuple(fh.call[1][:2]))
+
+
+def _chain_run(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The pooled features of x by the model's chain when every check of it holds (the checks each layer's
+    own call would pass, once), else None (nothing has run)."""
+    ch = _CHAINS.get(model)
+    if (ch is None or not CHAIN or not STEM_INTO_BLOCK or ch.feats is not feats or type(x) is not torch.Tensor
+            or x.dtype is not ch.dtype or x.device != ch.device or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or _autocast_on(x) or _fwad._current_level >= 0 or _modes_active()
+            or any(type(m) is not t for m, t in ch.types) or not _fast_valid(*ch.check)):
+        return None
+    h = x
+    for run, args in ch.steps:
+        h = run(h, *args)
+    return _DENSE_MEAN_RUN(h, *ch.head)
+
+
 def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """``classifier(flatten(adaptive_avg_pool2d(features(x), 1)))`` with the last feature layer (1x1 conv +
     ReLU6) and the pool as one op (torch.ops.mnv2.dense_relu6_mean), or None when that does not apply
@@ -227,9 +323,13 @@ def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Te
     if (torch.is_grad_enabled() or not _plain_cpu_f32(x) or not isinstance(feats, nn.Sequential)
             or len(feats) < 2 or type(feats[-1]) is not CPUFoldedConvBNAct or not _no_hooks(feats, feats[-1])):
         return None
+    pooled = _chain_run(model, feats, x)
+    if pooled is not None:
+        return model.classifier(pooled)
     head = feats[-1]
     mods = list(feats)[:-1]
     h = _stem_block_fast(feats, x)
+    stem_op = h is not None
     if h is None:
         h = x
     else:
@@ -238,7 +338,13 @@ def _pooled_head_forward(model: nn.Module, x: torch.Tensor) -> Optional[torch.Te
         h = mod(h)
     wb = head._pooled_head_fast(h)
     if wb is not None:  # the head's last call ran this 1x1 + ReLU6 fused and nothing changed since
-        return model.classifier(_DENSE_MEAN_RUN(h, *wb))
+        pooled = _DENSE_MEAN_RUN(h, *wb)
+        ch = _build_chain(model, feats, x) if stem_op and CHAIN else None
+        if ch is not None:
+            _CHAINS[model] = ch
+        else:
+            _CHAINS.pop(model, None)
+        return model.classifier(pooled)
     st = head._fused_structure(h) if _plain_cpu_f32(h) else None
     if st is None or st.plan.activation != "relu6" or _conv_kind(st.targets[0]) != "1x1":
         h = head(h)  # the layer as it is (same result as the original forward from here on)

@@ -210,3 +210,79 @@ def test_fused_model_steps_aside_for_hooks_and_weight_changes(count_stem_op):
         m.train()  # training mode: the layers' own forwards (batch statistics), never the op
         m(x)
         assert len(count_stem_op) == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The recorded chain (stem_head._chain_run): after a forward in which every layer took its fast path, the next
+# forwards check all the records at once and run the recorded kernel calls back to back.
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def chain_uses(monkeypatch):
+    from mnv2_kernels import stem_head
+    uses = []
+    real = stem_head._chain_run
+
+    def recorded(*a):
+        y = real(*a)
+        uses.append(y is not None)
+        return y
+    monkeypatch.setattr(stem_head, "_chain_run", recorded)
+    return uses
+
+
+def _chain_model(seed=3):
+    from mnv2_kernels import fuse
+    from mnv2_kernels.models import mobilenet_v2
+    from mnv2_kernels.testing import randomize_bn_
+    torch.manual_seed(seed)
+    m0 = randomize_bn_(mobilenet_v2()).eval()
+    return m0, fuse(m0)
+
+
+def test_chain_runs_the_same_calls_bit_for_bit(chain_uses, monkeypatch):
+    from mnv2_kernels import stem_head
+    m0, m = _chain_model()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y1 = m(x)  # prepared by fuse(): every layer takes its fast path, and the chain is recorded
+        y2 = m(x)
+        monkeypatch.setattr(stem_head, "CHAIN", False)
+        y3 = m(x)
+        ref = m0(x)
+    assert chain_uses == [False, True, False]
+    assert torch.equal(y1, y2) and torch.equal(y2, y3)
+    torch.testing.assert_close(y2, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+
+
+def test_chain_steps_aside_for_hooks_changes_and_replaced_layers(chain_uses):
+    """Anything a layer's own call would notice stops the chain: a hook on a middle block (it fires), a recorded
+    in-place weight change there (refolded: the output follows it), a replaced layer, training mode."""
+    import copy
+    m0, m = _chain_model(4)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        assert chain_uses == [False, True]
+        seen = []
+        h = m.features[6].register_forward_hook(lambda mod, a, out: seen.append(out.shape))
+        m(x)
+        h.remove()
+        assert chain_uses[-1] is False and len(seen) == 1
+        m(x)
+        m(x)
+        assert chain_uses[-1] is True
+        for mm in (m, m0):
+            mm.features[12].conv[0][0].weight.mul_(0.5)
+        y = m(x)
+        assert chain_uses[-1] is False
+        ref = m0(x)
+        torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        assert torch.equal(m(x), y) and chain_uses[-1] is True  # re-recorded with the new folding
+        m.features[9] = copy.deepcopy(m.features[9])
+        y = m(x)
+        assert chain_uses[-1] is False
+        torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        m.train()
+        m(x)
+        assert chain_uses[-1] is not True
