@@ -9,25 +9,19 @@ environment variable MNV2_CPU_ISA=avx2 forces the narrower one) is printed and s
 import pytest
 import torch
 
-from mnv2_kernels.models import mobilenet_v2
-from mnv2_kernels.testing import randomize_bn_
+from mnv2_kernels.testing import imagenet_or_random_mobilenet_v2
 from mnv2_kernels.demo.variants import build_variants, wants_channels_last
 
 VARIANTS = ("eager_cl", "eager_folded_cl", "compile_freezing", "fused")
 
 
-def _model():
-    try:
-        return mobilenet_v2(weights="imagenet")
-    except RuntimeError:
-        return randomize_bn_(mobilenet_v2())
 
 
 @pytest.fixture(scope="module")
 def variants():
     import mnv2_kernels  # noqa: F401
     print(f"\nmnv2 CPU kernel ISA: {torch.ops.mnv2.cpu_isa()}")
-    return build_variants(_model(), torch.device("cpu"), torch.float32)
+    return build_variants(imagenet_or_random_mobilenet_v2(), torch.device("cpu"), torch.float32)
 
 
 @pytest.mark.parametrize("batch", [1, 32])

@@ -20,8 +20,7 @@ import time
 import torch
 
 from mnv2_kernels import _ext, fuse, stem_head
-from mnv2_kernels.models import mobilenet_v2
-from mnv2_kernels.testing import randomize_bn_
+from mnv2_kernels.testing import imagenet_or_random_mobilenet_v2
 
 VARIANTS = {"all": (True, None), "no_stem_op": (False, None), "no_split": (True, 0), "neither": (False, 0)}
 
@@ -36,10 +35,7 @@ def main() -> None:
     if _ext.CPU_EXT is None:
         raise SystemExit(f"needs the CPU extension: {_ext.CPU_EXT_ERROR}")
     torch.set_num_threads(args.threads)
-    try:
-        model = mobilenet_v2(weights="imagenet")
-    except RuntimeError:
-        model = randomize_bn_(mobilenet_v2())
+    model = imagenet_or_random_mobilenet_v2()
     m = fuse(model.eval().to(memory_format=torch.channels_last))
     x = torch.randn(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     default_split = _ext.CPU_EXT.set_split_max_pixels(0)

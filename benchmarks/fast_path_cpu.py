@@ -15,8 +15,7 @@ import torch
 
 import mnv2_kernels.modules as M
 from mnv2_kernels import fuse
-from mnv2_kernels.models import mobilenet_v2
-from mnv2_kernels.testing import randomize_bn_
+from mnv2_kernels.testing import imagenet_or_random_mobilenet_v2
 
 
 def main() -> None:
@@ -26,10 +25,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=30)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    try:
-        model = mobilenet_v2(weights="imagenet")
-    except RuntimeError:
-        model = randomize_bn_(mobilenet_v2())
+    model = imagenet_or_random_mobilenet_v2()
     m = fuse(model.eval().to(memory_format=torch.channels_last))
     x = torch.randn(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     fast, set_fast = M._FoldedModule._fast, M._FoldedModule._set_fast

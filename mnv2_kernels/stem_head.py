@@ -30,7 +30,9 @@ runs the parent class's forward):
   1280-channel map never reaches memory; no OpenMP region for the pool), and the stem with the first block
   as one op, ``torch.ops.mnv2.stem_inverted_residual``, once both layers have run fused on the CPU kernels
   and nothing about them changed since (their own per-call fast-path checks, modules._FastPath, plus no hooks
-  on them; ``STEM_INTO_BLOCK = False`` turns it off).
+  on them; ``STEM_INTO_BLOCK = False`` turns it off). After a forward in which every feature layer took its
+  fast path, they record the feature stack as one chain of kernel calls and run it while every layer's checks
+  still hold (checked in one pass; ``CHAIN = False`` turns it off; see _chain_run).
 
 ``use_cpu_kernels(model)`` turns a fused model's FoldedConvBNAct, nn.Linear and MobileNetV2 modules into these
 (in place, by class; ``fuse()`` calls it). torch.compile, torch.jit.trace, ONNX export, gradients, other dtypes and

@@ -22,6 +22,29 @@ def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def imagenet_or_random_mobilenet_v2() -> nn.Module:
+    """This package's MobileNetV2 with torchvision's ImageNet weights when the offline checkpoint is installed,
+    else random weights with random BN statistics (benchmarks: realistic activations either way)."""
+    from .models import mobilenet_v2
+    try:
+        return mobilenet_v2(weights="imagenet")
+    except RuntimeError:
+        return randomize_bn_(mobilenet_v2())
+
+
+def mobilenet_v2_models() -> list:
+    """[(name, factory)] of the MobileNetV2 classes fuse() gives the pooled-head forward: this package's and,
+    when installed, torchvision's, each with random BN statistics (tests)."""
+    from .models import mobilenet_v2
+    out = [("mnv2_kernels", lambda: randomize_bn_(mobilenet_v2()))]
+    try:
+        import torchvision
+        out.append(("torchvision", lambda: randomize_bn_(torchvision.models.mobilenet_v2())))
+    except ImportError:
+        pass
+    return out
+
+
 def random_block_args(cin: int, chid: int, cout: int, *, stride: int = 1, residual: bool = False,
                       expand: bool = True, n: int = 2, h: int = 9, w: int = 9,
                       dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0,

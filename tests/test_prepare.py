@@ -11,21 +11,14 @@ import mnv2_kernels
 from mnv2_kernels import _ext, stem_head
 from mnv2_kernels.modules import FoldedInvertedResidual, FusedInvertedResidual, FusedPathWarning, _FoldedModule
 from mnv2_kernels.stem_head import CPUFoldedConvBNAct
-from mnv2_kernels.testing import randomize_bn_
+from mnv2_kernels.testing import mobilenet_v2_models, randomize_bn_
 
 pytestmark = pytest.mark.skipif(_ext.CPU_EXT is None or not stem_head._HAVE_OPS,
                                 reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 
 
 def _models():
-    from mnv2_kernels.models import mobilenet_v2
-    out = [("mnv2_kernels", lambda: randomize_bn_(mobilenet_v2()))]
-    try:
-        import torchvision
-        out.append(("torchvision", lambda: randomize_bn_(torchvision.models.mobilenet_v2())))
-    except ImportError:
-        pass
-    return out
+    return mobilenet_v2_models()
 
 
 def _mnv2():

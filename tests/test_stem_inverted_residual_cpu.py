@@ -12,7 +12,7 @@ import torch
 import mnv2_kernels  # noqa: F401  (registers the ops)
 from mnv2_kernels import _ext, stem_head  # noqa: F401  (stem_head registers the stem / head ops' fakes)
 from mnv2_kernels.reference import stem_inverted_residual_reference
-from mnv2_kernels.testing import to_float64
+from mnv2_kernels.testing import mobilenet_v2_models, to_float64
 
 pytestmark = pytest.mark.skipif(_ext.CPU_EXT is None, reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 
@@ -128,15 +128,7 @@ def test_opcheck():
 # The model: the pooled-head MobileNetV2 classes run the stem + block 1 as this op once both layers ran fused.
 # ------------------------------------------------------------------------------------------------------------
 def _models():
-    from mnv2_kernels.models import mobilenet_v2
-    from mnv2_kernels.testing import randomize_bn_
-    out = [("mnv2_kernels", lambda: randomize_bn_(mobilenet_v2()))]
-    try:
-        import torchvision
-        out.append(("torchvision", lambda: randomize_bn_(torchvision.models.mobilenet_v2())))
-    except ImportError:
-        pass
-    return out
+    return mobilenet_v2_models()
 
 
 @pytest.fixture

@@ -471,6 +471,15 @@ Layout layout(const Dims& d) {
 
 int64_t packed_floats(const Dims& d) { return layout(d).total; }
 
+// The pieces of a packed buffer (see Layout).
+struct PackedPtrs {
+  const float *wexp, *bexp, *wdw, *bdw, *wproj, *bproj;
+};
+PackedPtrs packed_ptrs(const Layout& l, const float* packed) {
+  return {packed + l.o_wexp, packed + l.o_bexp, packed + l.o_wdw, packed + l.o_bdw, packed + l.o_wproj,
+          packed + l.o_bproj};
+}
+
 // w: [Nc, K] row-major (row n = output column n) -> dst [round_up(Nc,kVec)/kVec][Kp][kVec], zero padded.
 template <typename T>
 void pack_strips(float* dst, const T* w, int64_t Nc, int64_t K, int64_t Kp) {
@@ -543,12 +552,7 @@ bool run_block(const T* x, T* out, const Dims& d, const float* packed, int nthre
   const bool has_expand = d.has_expand, residual = d.residual;
   const bool dw_finite = packed[0] != 0.f;
   const int64_t Wp = W + 2;  // padded row width (pixels)
-  const float* wexp = packed + l.o_wexp;
-  const float* bexp = packed + l.o_bexp;
-  const float* wdw = packed + l.o_wdw;
-  const float* bdw = packed + l.o_bdw;
-  const float* wproj = packed + l.o_wproj;
-  const float* bproj = packed + l.o_bproj;
+  const auto [wexp, bexp, wdw, bdw, wproj, bproj] = packed_ptrs(l, packed);
 
   // Chunk of R output rows: ring of S = (R-1)*s + 3 expanded rows + dwbuf of R*Wo pixels; keep them in L2.
   const int64_t row_floats = Wp * Cp;
@@ -754,12 +758,7 @@ bool run_block_split(const float* x, float* out, const Dims& d, const float* pac
   const Layout l = layout(d);
   const int64_t N = d.N, H = d.H, W = d.W, Cin = d.Cin, Cout = d.Cout, Ho = d.Ho, Wo = d.Wo, s = d.stride;
   const int64_t Cp = l.Cp, HW = H * W, HWo = Ho * Wo;
-  const float* wexp = packed + l.o_wexp;
-  const float* bexp = packed + l.o_bexp;
-  const float* wdw = packed + l.o_wdw;
-  const float* bdw = packed + l.o_bdw;
-  const float* wproj = packed + l.o_wproj;
-  const float* bproj = packed + l.o_bproj;
+  const auto [wexp, bexp, wdw, bdw, wproj, bproj] = packed_ptrs(l, packed);
   const int64_t nth = std::max(1, nthreads);
   float* D = shared_scratch().get(N * HWo * Cp);
   if (D == nullptr) return false;
