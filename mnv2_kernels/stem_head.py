@@ -248,8 +248,11 @@ class _Chain(NamedTuple):
 _CHAINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Chain (never copied or pickled)
 
 
-def _layer_check(m: nn.Module, fp, nodes: list, attrs: list, dicts: list, tensors: list) -> None:
-    """Adds what m._fast(x) checks for the record fp, plus m's own hooks (its __call__ is skipped), to the lists."""
+def _layer_check(m: nn.Module, fp, x: torch.Tensor, nodes: list, attrs: list, dicts: list, tensors: list) -> bool:
+    """Adds what m._fast(x) checks for the record fp, plus m's own hooks (its __call__ is skipped), to the lists;
+    False when the record is not one for x's dtype and device (then no chain)."""
+    if fp.dtype is not x.dtype or fp.device != x.device:
+        return False
     d = m.__dict__
     nodes += fp.nodes
     nodes.append((d, m._modules, tuple(m._modules.values()), True))
@@ -258,6 +261,7 @@ def _layer_check(m: nn.Module, fp, nodes: list, attrs: list, dicts: list, tensor
               (d, "backend", d["backend"] if "backend" in d else _MISSING)]
     dicts += fp.dicts
     tensors += fp.tensors
+    return True
 
 
 def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Optional[_Chain]:
@@ -273,8 +277,9 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
     fs, fh = stem.__dict__.get("_fastpath"), head.__dict__.get("_fastpath")
     if fs is None or fs.call[0] is not _CONV3X3_RUN or fh is None or fh.call[0] is not _DENSE_RUN or fh.call[1][2] is not True:
         return None
-    _layer_check(stem, fs, nodes, attrs, dicts, tensors)
-    _layer_check(head, fh, nodes, attrs, dicts, tensors)
+    if not (_layer_check(stem, fs, x, nodes, attrs, dicts, tensors)
+            and _layer_check(head, fh, x, nodes, attrs, dicts, tensors)):
+        return None
     types += [(stem, type(stem)), (head, type(head))]
     steps = []
     ir_run = getattr(_FAST_EXT, "inverted_residual_cpu", None)
@@ -288,7 +293,8 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
             nodes.append((bd, blk._modules, (inner,), False))
             attrs.append((bd, "use_res_connect", False))
             types.append((blk, type(blk)))
-        _layer_check(inner, fp, nodes, attrs, dicts, tensors)
+        if not _layer_check(inner, fp, x, nodes, attrs, dicts, tensors):
+            return None
         types.append((inner, type(inner)))
         if i == 1:
             w_s, b_s, s_s, relu6 = fs.call[1]

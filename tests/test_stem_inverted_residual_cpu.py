@@ -275,6 +275,19 @@ def test_chain_steps_aside_for_hooks_changes_and_replaced_layers(chain_uses):
         y = m(x)
         assert chain_uses[-1] is False
         torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        m(x)
+        assert chain_uses[-1] is True
+        # a hook on a layer inside a fused block: that block runs its original (so the hook fires), every call
+        inner_seen = []
+        h = m.features[8].conv[0][0].register_forward_hook(lambda mod, a, out: inner_seen.append(out.shape))
+        from mnv2_kernels.modules import FusedPathWarning
+        with pytest.warns(FusedPathWarning, match="forward hooks"):
+            for _ in range(2):
+                y = m(x)
+                assert chain_uses[-1] is False
+                torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        h.remove()
+        assert len(inner_seen) == 2
         m.train()
         m(x)
         assert chain_uses[-1] is not True
