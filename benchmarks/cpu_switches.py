@@ -69,7 +69,8 @@ def main() -> None:
     for n in names:
         med = statistics.median(res[n])
         same = torch.equal(outs[n], outs["all"])
-        print(f"{n:<11} {med:9.2f} ms  x{med / base:5.2f} of all  page faults/forward {statistics.median(faults[n]):7.0f}"
+        print(f"{n:<11} {med:9.2f} ms  x{med / base:5.2f} of all  page faults/forward "
+              f"{statistics.median(faults[n]):7.0f}"
               f"  same output as all: {same}  rounds {' '.join(f'{v:.1f}' for v in res[n])}")
 
 

@@ -52,7 +52,8 @@ from torch.nn.modules import module as _nn_module
 
 from . import ops  # noqa: F401  (loads the CPU extension, which defines the two ops)
 from ._ext import CPU_EXT
-from .modules import _FAST_EXT, _MISSING, FoldedConvBNAct, FusedInvertedResidual, _autocast_on, _fast_valid, _modes_active
+from .modules import (_FAST_EXT, _MISSING, FoldedConvBNAct, FusedInvertedResidual, _autocast_on, _fast_valid,
+                      _modes_active)
 
 _HAVE_OPS = CPU_EXT is not None and hasattr(torch.ops.mnv2, "dense_bias_act")
 # What the modules' fast path (modules._FastPath) calls: the ops' CPU kernels without the dispatcher
@@ -275,7 +276,8 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
     types = [(feats, type(feats))]
     stem, head = feats[0], feats[-1]
     fs, fh = stem.__dict__.get("_fastpath"), head.__dict__.get("_fastpath")
-    if fs is None or fs.call[0] is not _CONV3X3_RUN or fh is None or fh.call[0] is not _DENSE_RUN or fh.call[1][2] is not True:
+    if (fs is None or fs.call[0] is not _CONV3X3_RUN or fh is None or fh.call[0] is not _DENSE_RUN
+            or fh.call[1][2] is not True):
         return None
     if not (_layer_check(stem, fs, x, nodes, attrs, dicts, tensors)
             and _layer_check(head, fh, x, nodes, attrs, dicts, tensors)):

@@ -954,7 +954,9 @@ void conv3x3_row(const float* const rows[3], int64_t W, int64_t Wo, int64_t Cin,
   // interior columns: wo*s - 1 >= 0 and wo*s + 1 <= W - 1
   const int64_t lo = 1, hi = W >= 2 ? std::min<int64_t>(Wo, (W - 2) / s + 1) : 0;  // [lo, hi) interior
   int64_t wo = 0;
-  for (; wo < std::min(lo, Wo); ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
+  for (; wo < std::min(lo, Wo); ++wo) {
+    conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
+  }
   for (; wo + 4 <= hi; wo += 4) conv3x3_px<NV, 4, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
   for (; wo < hi; ++wo) conv3x3_px<NV, 1, true>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
   for (; wo < Wo; ++wo) conv3x3_px<NV, 1, false>(rows, W, Cin, s, wo, pw, pb, Coutp, Cout, relu6, out, ldo);
