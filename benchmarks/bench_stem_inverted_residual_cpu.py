@@ -8,13 +8,14 @@ channels_last, at batch 1 and 32, on the current thread count. Variants share on
   stem_op   torch.ops.mnv2.stem_inverted_residual: the stem's rows go straight into block 1's ring
   two_ops   torch.ops.mnv2.conv3x3_bias_act then torch.ops.mnv2.inverted_residual (the stem map is written:
             51 MB at batch 32, a fresh mmap and ~13,000 page faults per call on glibc)
-  eager_cl  the two layers as BN-folded ATen convolutions (F.conv2d + clamp, depthwise, 1x1)
+  eager_cl  the two layers as BN-folded ATen convolutions (mnv2_kernels.reference.stem_inverted_residual_reference)
 
 Compare ratios within one run (docs/cpu_runtime.md, "Session 4").
 """
 import pytest
 import torch
-import torch.nn.functional as F
+
+from mnv2_kernels.reference import stem_inverted_residual_reference
 
 try:
     from mnv2_kernels import _ext, stem_head  # noqa: F401  (registers the ops)
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.skipif(not _HAVE, reason=f"CPU extension not built: {_W
 VARIANTS = ("stem_op", "two_ops", "eager_cl")
 
 
-def _eager(x, w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual):
-    h = F.conv2d(x, w_s, b_s, stride=s_s, padding=1)
-    h = h.clamp_(0.0, 6.0) if relu6 else h
-    h = F.conv2d(h, w_dw[:, None], b_dw, stride=stride, padding=1, groups=w_dw.shape[0]).clamp_(0.0, 6.0)
-    y = F.conv2d(h, w_p[:, :, None, None], b_p)
-    return y + h if residual else y
-
-
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_stem_block1_cpu(benchmark, variant, batch):
@@ -42,7 +35,7 @@ def test_stem_block1_cpu(benchmark, variant, batch):
     benchmark.group = f"mobilenet_v2 stem + block 1, cpu fp32, batch {batch}"
     args = make_args(batch, 3, 32, 224, 224, 2, 16, 1, False)
     args[0] = args[0].contiguous(memory_format=torch.channels_last)
-    fn = {"stem_op": torch.ops.mnv2.stem_inverted_residual, "two_ops": two_ops, "eager_cl": _eager}[variant]
+    fn = {"stem_op": torch.ops.mnv2.stem_inverted_residual, "two_ops": two_ops, "eager_cl": stem_inverted_residual_reference}[variant]
     with torch.inference_mode():
         y = fn(*args)
         ref = two_ops(*args)

@@ -64,6 +64,7 @@ if _HAVE_OPS:
     _DENSE_MEAN_RUN = getattr(CPU_EXT, "dense_relu6_mean_cpu", None) or torch.ops.mnv2.dense_relu6_mean.default
     _STEM_BLOCK_RUN = (getattr(CPU_EXT, "stem_inverted_residual_cpu", None)
                        or torch.ops.mnv2.stem_inverted_residual.default)
+_IR_RUN = getattr(_FAST_EXT, "inverted_residual_cpu", None)  # what a FusedInvertedResidual's CPU record calls
 
 if _HAVE_OPS:
     def _fake_conv3x3(x, w, b, stride, relu6):
@@ -200,6 +201,18 @@ def _fused_inner(blk: nn.Module) -> Optional[FusedInvertedResidual]:
     return inner if type(inner) is FusedInvertedResidual else None
 
 
+def _stem_block_args(fs, fb) -> Optional[tuple]:
+    """The arguments after x of stem_inverted_residual for the stem's and block 1's fast-path records (their
+    CPU kernel calls), or None when the pair does not fit the op (an expand conv, a channel mismatch)."""
+    if fs.call[0] is not _CONV3X3_RUN or _IR_RUN is None or fb.call[0] is not _IR_RUN:
+        return None
+    w_s, b_s, s_s, relu6 = fs.call[1]
+    w_e, _, w_dw, b_dw, w_p, b_p, stride, residual = fb.call[1]
+    if w_e is not None or w_s.shape[0] != w_dw.shape[0]:
+        return None
+    return (w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)
+
+
 def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Tensor]:
     """feats[1](feats[0](x)) as one op (torch.ops.mnv2.stem_inverted_residual), or None when that does not
     apply (then nothing has run). It applies when feats[0] is a CPUFoldedConvBNAct and feats[1] a
@@ -216,16 +229,9 @@ def _stem_block_fast(feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Te
     if inner is None or not _no_hooks(stem, blk, inner):
         return None
     fs = stem._fast(x)
-    if fs is None or fs.call[0] is not _CONV3X3_RUN:
-        return None
-    fb = inner._fast(x)  # x stands for the stem's output: the same type, dtype and device (shapes: the op's)
-    if fb is None or _FAST_EXT is None or fb.call[0] is not getattr(_FAST_EXT, "inverted_residual_cpu", None):
-        return None
-    w_s, b_s, s_s, relu6 = fs.call[1]
-    w_e, _, w_dw, b_dw, w_p, b_p, stride, residual = fb.call[1]
-    if w_e is not None or w_s.shape[0] != w_dw.shape[0]:
-        return None
-    return _STEM_BLOCK_RUN(x, w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)
+    fb = inner._fast(x) if fs is not None else None  # x stands for the stem's output: same type, dtype, device
+    args = _stem_block_args(fs, fb) if fb is not None else None
+    return None if args is None else _STEM_BLOCK_RUN(x, *args)
 
 
 # The whole feature stack as one recorded chain of kernel calls (session 4): after a forward in which every layer
@@ -284,11 +290,10 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
         return None
     types += [(stem, type(stem)), (head, type(head))]
     steps = []
-    ir_run = getattr(_FAST_EXT, "inverted_residual_cpu", None)
     for i, blk in enumerate(list(feats)[1:-1], start=1):
         inner = _fused_inner(blk)
         fp = inner.__dict__.get("_fastpath") if inner is not None else None
-        if fp is None or fp.call[0] is not ir_run:
+        if fp is None or _IR_RUN is None or fp.call[0] is not _IR_RUN:
             return None
         if blk is not inner:
             bd = blk.__dict__
@@ -299,11 +304,10 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
             return None
         types.append((inner, type(inner)))
         if i == 1:
-            w_s, b_s, s_s, relu6 = fs.call[1]
-            w_e, _, w_dw, b_dw, w_p, b_p, stride, residual = fp.call[1]
-            if w_e is not None or w_s.shape[0] != w_dw.shape[0]:
+            args = _stem_block_args(fs, fp)
+            if args is None:
                 return None
-            steps.append((_STEM_BLOCK_RUN, (w_s, b_s, s_s, relu6, w_dw, b_dw, w_p, b_p, stride, residual)))
+            steps.append((_STEM_BLOCK_RUN, args))
         else:
             steps.append(fp.call)
     return _Chain(feats, x.device, x.dtype, tuple(types), (tuple(nodes), tuple(attrs), tuple(dicts), tuple(tensors)),
@@ -312,12 +316,12 @@ def _build_chain(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Opt
 
 def _chain_run(model: nn.Module, feats: nn.Sequential, x: torch.Tensor) -> Optional[torch.Tensor]:
     """The pooled features of x by the model's chain when every check of it holds (the checks each layer's
-    own call would pass, once), else None (nothing has run)."""
+    own call would pass, once), else None (nothing has run). The caller (_pooled_head_forward) has checked grad
+    mode, tracing, compiling and global hooks."""
     ch = _CHAINS.get(model)
     if (ch is None or not CHAIN or not STEM_INTO_BLOCK or ch.feats is not feats or type(x) is not torch.Tensor
-            or x.dtype is not ch.dtype or x.device != ch.device or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or _autocast_on(x) or _fwad._current_level >= 0 or _modes_active()
-            or any(type(m) is not t for m, t in ch.types) or not _fast_valid(*ch.check)):
+            or x.dtype is not ch.dtype or x.device != ch.device or _autocast_on(x) or _fwad._current_level >= 0
+            or _modes_active() or any(type(m) is not t for m, t in ch.types) or not _fast_valid(*ch.check)):
         return None
     h = x
     for run, args in ch.steps:

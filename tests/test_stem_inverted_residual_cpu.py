@@ -16,15 +16,10 @@ from mnv2_kernels.testing import mobilenet_v2_models, to_float64
 
 pytestmark = pytest.mark.skipif(_ext.CPU_EXT is None, reason=f"CPU extension not built: {_ext.CPU_EXT_ERROR}")
 
-from test_inverted_residual_cpu import _available_isas, check_close, expected_channels_last  # noqa: E402
+from test_inverted_residual_cpu import (_available_isas, check_close, expected_channels_last,  # noqa: E402,F401
+                                        restore_isa)
 
 op = torch.ops.mnv2.stem_inverted_residual
-
-
-@pytest.fixture
-def restore_isa():
-    yield
-    _ext.CPU_EXT.set_cpu_isa("auto")
 
 
 def make_args(n, cin, c1, h, w, stem_stride, cout, stride, residual, seed=0):
@@ -291,3 +286,4 @@ def test_chain_steps_aside_for_hooks_changes_and_replaced_layers(chain_uses):
         m.train()
         m(x)
         assert chain_uses[-1] is not True
+

@@ -330,14 +330,11 @@ at::Tensor stem_inverted_residual_cpu(const at::Tensor& x, const at::Tensor& w_s
   TORCH_CHECK_VALUE(w_dw.dim() == 3 && w_dw.size(0) == C1, "mnv2.", op, ": w_dw must be [", C1,
                     ", 3, 3] (one depthwise filter per stem output channel; the block has no expand conv), got ",
                     w_dw.sizes());
-  // The block's checks (the same errors as inverted_residual's), on the shape of the stem's output.
+  // The block's checks (the same errors as inverted_residual's, weights' device and dtype included), on the
+  // shape of the stem's output (a float32 CPU tensor, as x is).
   const at::Tensor h_shape = at::empty({1}, x.options()).as_strided({N, C1, H1, W1}, {0, 0, 0, 0});
   const BlockDims d = check_inverted_residual_args(h_shape, c10::nullopt, c10::nullopt, w_dw, b_dw, w_project,
                                                    b_project, stride, residual);
-  check_f32_cpu(op, "w_dw", w_dw);
-  check_f32_cpu(op, "b_dw", b_dw);
-  check_f32_cpu(op, "w_project", w_project);
-  check_f32_cpu(op, "b_project", b_project);
   const at::Tensor ps = conv3x3_packed(k, w_stem, b_stem, Cin, C1);
   if (ps.data_ptr<float>()[0] == 0.f) {  // a NaN/Inf stem weight: see conv3x3_bias_act_cpu
     return inverted_residual_cpu(conv3x3_bias_act_cpu(x, w_stem, b_stem, stem_stride, stem_relu6), c10::nullopt,
