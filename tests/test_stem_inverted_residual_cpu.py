@@ -287,3 +287,41 @@ def test_chain_steps_aside_for_hooks_changes_and_replaced_layers(chain_uses):
         m(x)
         assert chain_uses[-1] is not True
 
+
+def test_chain_after_refresh_and_non_finite_weights_matches_the_original(chain_uses):
+    """Edits the chain must not hide: a .data write (not recorded) followed by mnv2_kernels.refresh(model), as
+    docs/CONTRACT.md says to do, and a recorded write of an Inf weight into a middle block (that block then
+    runs its original, so Inf/NaN come out where the original gives them)."""
+    import mnv2_kernels
+    m0, m = _chain_model(5)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        assert chain_uses[-1] is True
+        for mm in (m, m0):
+            mm.features[10].conv[2].weight.data.mul_(-2.0)   # through .data: no version bump
+        mnv2_kernels.refresh(m)
+        ref = m0(x)
+        y = m(x)
+        assert chain_uses[-1] is False
+        torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        for _ in range(2):  # refresh() reset the stem too: its record, then the stem op, then the chain return
+            y = m(x)
+            torch.testing.assert_close(y, ref, atol=1e-3 * ref.abs().max().item(), rtol=1e-3)
+        assert chain_uses[-1] is True
+        for mm in (m, m0):
+            mm.features[15].conv[1][0].weight[3, 0, 1, 1] = float("inf")   # recorded (version bump)
+        ref = m0(x)
+        from mnv2_kernels.modules import FusedPathWarning
+        for i in range(2):
+            if i == 0:
+                with pytest.warns(FusedPathWarning, match="NaN or Inf"):
+                    y = m(x)
+            else:
+                y = m(x)
+            assert chain_uses[-1] is False
+            assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+            fin = torch.isfinite(ref)
+            if fin.any():
+                torch.testing.assert_close(y[fin], ref[fin], atol=1e-3 * ref[fin].abs().max().item(), rtol=1e-3)
